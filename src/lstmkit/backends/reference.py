@@ -1,0 +1,60 @@
+"""The reference backend: a readable autograd loop over time, the ground truth of lstmkit.
+
+It iterates over ``xp.unbind(0)`` rather than indexing ``xp[t]`` inside the loop: the backward of
+``unbind`` is one ``stack``, while ``T`` index operations each scatter into a full-size gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cells import CellMath, Params, State
+from ._api import Regularisation
+
+
+def zoneout(new: Tensor, old: Tensor, rate: float, training: bool) -> Tensor:
+    """Zoneout (Krueger et al. 2017): keep each unit's previous value with probability ``rate``;
+    at evaluation use the expectation ``rate * old + (1 - rate) * new``."""
+    if rate == 0.0:
+        return new
+    if training:
+        keep = torch.bernoulli(torch.full_like(new, rate))
+        return torch.lerp(new, old, keep)
+    return torch.lerp(new, old, rate)
+
+
+def scan(
+    cell: CellMath,
+    p: Params,
+    x: Tensor,
+    state: State,
+    valid: Tensor | None,
+    reg: Regularisation,
+) -> tuple[Tensor, State]:
+    """Run ``cell`` left to right over ``x`` of shape ``(T, B, input)``.
+
+    ``valid`` is ``None`` (every step valid) or a ``(T, B, 1)`` bool tensor; on invalid steps the
+    state is carried unchanged and the output is zero. Returns the outputs ``(T, B, out)`` and the
+    final state.
+    """
+    T, B = x.shape[0], x.shape[1]
+    if T == 0:
+        return x.new_zeros(0, B, cell.output_size), state
+    xp = cell.project_input(x, p)
+    rates = reg.zoneout
+    outputs = []
+    valid_steps = valid.unbind(0) if valid is not None else (None,) * T
+    for xp_t, ok in zip(xp.unbind(0), valid_steps, strict=True):
+        new = cell.step(xp_t, state, p, reg.h_mask)
+        if rates is not None:
+            new = tuple(
+                zoneout(n, o, r, reg.training) for n, o, r in zip(new, state, rates, strict=True)
+            )
+        if ok is None:
+            state = new
+            outputs.append(new[0])
+        else:
+            state = tuple(torch.where(ok, n, o) for n, o in zip(new, state, strict=True))
+            outputs.append(new[0].masked_fill(~ok, 0.0))
+    return torch.stack(outputs), state

@@ -1,0 +1,167 @@
+"""The contract every cell family implements.
+
+A *cell* is the math of one time step and nothing else: which parameters it owns (by their
+``torch.nn`` base names, e.g. ``weight_ih``), how they are initialised, the input projection that
+can be computed for all time steps at once, and the step ``(x_proj_t, state) -> new_state``. The
+time loop, lengths, direction and regularisation masks live in :mod:`lstmkit.recurrent`; the
+parameters themselves live on the user-facing module, so that their names match ``torch.nn``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _checks
+
+Params = Mapping[str, Tensor]
+State = tuple[Tensor, ...]
+
+INIT_SCHEMES = ("default", "torch", "identity")
+LN_EPS = 1e-5
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None = None) -> Tensor:
+    """Layer normalisation over the last dimension (eps 1e-5, as ``torch.nn.LayerNorm``)."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, LN_EPS)
+
+
+class CellMath:
+    """Stateless description of one recurrent step of a family (LSTM, GRU, RNN).
+
+    Subclasses set ``family``, ``num_gates`` and ``state_names`` and implement
+    :meth:`parameter_shapes`, :meth:`project_input` and :meth:`step`.
+    """
+
+    family: str = ""
+    num_gates: int = 1
+    state_names: tuple[str, ...] = ("h",)
+
+    def __init__(
+        self, input_size: int, hidden_size: int, *, bias: bool = True, layer_norm: bool = False
+    ) -> None:
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.bias = _checks.boolean("bias", bias)
+        self.layer_norm = _checks.boolean("layer_norm", layer_norm)
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def output_size(self) -> int:
+        """Size of the hidden state ``h`` (what the layer outputs per direction)."""
+        return self.hidden_size
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """Feature size of each state component, in the order of ``state_names``."""
+        return (self.output_size,)
+
+    @property
+    def gate_size(self) -> int:
+        return self.num_gates * self.hidden_size
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Base names and shapes of the parameters of one layer and direction."""
+        shapes: dict[str, tuple[int, ...]] = {
+            "weight_ih": (self.gate_size, self.input_size),
+            "weight_hh": (self.gate_size, self.output_size),
+        }
+        if self.bias:
+            shapes["bias_ih"] = (self.gate_size,)
+            shapes["bias_hh"] = (self.gate_size,)
+        if self.layer_norm:
+            shapes["ln_ih_weight"] = (self.gate_size,)
+            shapes["ln_hh_weight"] = (self.gate_size,)
+        return shapes
+
+    def options(self) -> dict[str, object]:
+        """The variant options that change the math (used for repr, export and docs)."""
+        return {"layer_norm": self.layer_norm}
+
+    # ----------------------------------------------------------------- init
+    def init_parameters(
+        self,
+        params: Mapping[str, Tensor],
+        init: str = "default",
+        *,
+        forget_bias: float | None = None,
+        chrono_init: float | None = None,
+    ) -> None:
+        """Initialise ``params`` (a mapping of base name to tensor) in place.
+
+        ``init='default'``: Xavier-uniform input weights and orthogonal recurrent weights, one
+        gate block at a time, zero biases. ``init='torch'``: ``U(-1/sqrt(H), 1/sqrt(H))`` for every
+        weight and bias, exactly as ``torch.nn``. ``init='identity'`` (IRNN, Le et al. 2015):
+        identity recurrent matrix, ``N(0, 0.001)`` input weights, zero biases. Layer-norm gains
+        start at 1 and layer-norm biases at 0 under every scheme.
+        """
+        _checks.choice("init", init, INIT_SCHEMES)
+        H = self.hidden_size
+        bound = 1.0 / math.sqrt(H)
+        with torch.no_grad():
+            for name, tensor in params.items():
+                if name.startswith("ln_"):
+                    if name.endswith("_bias"):
+                        tensor.zero_()
+                    else:
+                        tensor.fill_(1.0)
+                elif init == "torch" or name == "weight_peephole":
+                    tensor.uniform_(-bound, bound)
+                elif name.startswith("bias"):
+                    tensor.zero_()
+                elif init == "identity":
+                    if name == "weight_hh":
+                        for block in tensor.split(H, 0):
+                            torch.nn.init.eye_(block)
+                    else:
+                        tensor.normal_(0.0, 1e-3)
+                elif name == "weight_hh":
+                    for block in tensor.split(H, 0):
+                        torch.nn.init.orthogonal_(block)
+                elif name == "weight_ih":
+                    for block in tensor.split(H, 0):
+                        torch.nn.init.xavier_uniform_(block)
+                else:  # projections and any other matrix
+                    torch.nn.init.xavier_uniform_(tensor)
+            self._init_gate_biases(params, forget_bias, chrono_init)
+
+    def _init_gate_biases(
+        self, params: Mapping[str, Tensor], forget_bias: float | None, chrono_init: float | None
+    ) -> None:
+        """Family hook for forget-gate and chrono initialisation of the biases."""
+
+    def _chrono_values(self, chrono_init: float, reference: Tensor) -> Tensor:
+        """``log(U(1, T_max - 1))`` per hidden unit (Tallec & Ollivier 2018)."""
+        u = torch.empty(self.hidden_size, dtype=reference.dtype, device=reference.device)
+        return u.uniform_(1.0, max(chrono_init - 1.0, 1.0)).log_()
+
+    # ----------------------------------------------------------------- math
+    def project_input(self, x: Tensor, p: Params) -> Tensor:
+        """Input projection for any number of leading dims: ``LN(x W_ih^T) + b_ih``."""
+        xp = F.linear(x, p["weight_ih"])
+        if self.layer_norm:
+            xp = layer_norm(xp, p["ln_ih_weight"])
+        b = p.get("bias_ih")
+        return xp if b is None else xp + b
+
+    def step(self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None) -> State:
+        """One time step. ``xp`` is this step's :meth:`project_input`; ``h_mask`` multiplies
+        ``h_{t-1}`` where it enters the recurrent product (variational recurrent dropout)."""
+        raise NotImplementedError
+
+    def _recurrent(self, h: Tensor, p: Params, rows: slice | None = None) -> Tensor:
+        """``LN(h W_hh[rows]^T) + b_hh[rows]``: the recurrent projection of some gate rows."""
+        w = p["weight_hh"]
+        b = p.get("bias_hh")
+        if rows is not None:
+            w = w[rows]
+            b = None if b is None else b[rows]
+        out = F.linear(h, w)
+        if self.layer_norm:
+            g = p["ln_hh_weight"]
+            out = layer_norm(out, g if rows is None else g[rows])
+        return out if b is None else out + b

@@ -1,0 +1,72 @@
+"""Runs ONE cell over time: direction, lengths, state in and out, regularisation masks.
+
+Everything that is about time and not about the math of a step lives here, once, for every
+family and every backend: reversing each sequence within its own length, the ``(T, B, 1)``
+validity mask built from ``lengths``, variational input and recurrent dropout masks, and the
+choice of backend that runs the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backends import Regularisation, resolve
+from .cells import CellMath, Params, State
+
+
+def valid_mask(lengths: Tensor | None, T: int) -> Tensor | None:
+    """``(T, B, 1)`` bool mask of the steps inside each sequence, or ``None`` if all are."""
+    if lengths is None or bool((lengths == T).all()):
+        return None
+    steps = torch.arange(T, device=lengths.device)
+    return (steps[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of ``x`` ``(T, B, *)`` within its own length; padding stays put."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device)[:, None]
+    L = lengths[None, :]
+    index = torch.where(t < L, L - 1 - t, t)
+    return x.gather(0, index.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def variational_mask(like: Tensor, features: int, p: float) -> Tensor | None:
+    """One dropout mask per sequence, ``(B, features)``, scaled by ``1/(1-p)``; ``None`` if p=0."""
+    if p == 0.0:
+        return None
+    keep = torch.full((like.shape[1], features), 1.0 - p, dtype=like.dtype, device=like.device)
+    return torch.bernoulli(keep).div_(1.0 - p)
+
+
+def run_direction(
+    cell: CellMath,
+    p: Params,
+    x: Tensor,
+    state: State,
+    *,
+    lengths: Tensor | None,
+    valid: Tensor | None,
+    reverse: bool,
+    reg: Regularisation,
+    input_mask: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, State]:
+    """Run one layer in one direction over ``x`` ``(T, B, input)``.
+
+    With ``reverse=True`` each sequence is processed from its last valid step to its first and the
+    outputs are put back in input order, as ONNX ``direction=reverse`` and the backward half of a
+    bidirectional ``torch.nn`` layer do.
+    """
+    if input_mask is not None:
+        x = x * input_mask
+    if reverse:
+        x = reverse_padded(x, lengths)
+    scan = resolve(backend)
+    y, final = scan(cell, p, x, state, valid, reg)
+    if reverse:
+        y = reverse_padded(y, lengths)
+    return y, final
