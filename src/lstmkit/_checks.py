@@ -88,9 +88,7 @@ def state_tensor(
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {describe(value)}")
     if tuple(value.shape) != tuple(expected):
-        raise ValueError(
-            f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}"
-        )
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
     if value.dtype != like.dtype:
         raise TypeError(f"{name} must have the input's dtype {like.dtype}, got {value.dtype}")
     if value.device != like.device:
@@ -107,7 +105,9 @@ def lengths_tensor(value: Any, T: int, B: int, device: torch.device) -> torch.Te
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = torch.tensor([int(value)], dtype=torch.int64)
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {describe(value)}")
+        raise TypeError(
+            f"lengths must be a 1-D integer tensor or a list of ints, got {describe(value)}"
+        )
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor, got dtype {value.dtype}")
     if value.dim() == 0:
@@ -125,6 +125,7 @@ def lengths_tensor(value: Any, T: int, B: int, device: torch.device) -> torch.Te
         raise ValueError(f"lengths must be >= 0, got a length of {int(value.min())}")
     if B and int(value.max()) > T:
         raise ValueError(
-            f"lengths must be <= the sequence length {T} of input, got a length of {int(value.max())}"
+            f"lengths must be <= the sequence length {T} of input, "
+            f"got a length of {int(value.max())}"
         )
     return value.to(device=device, dtype=torch.int64)

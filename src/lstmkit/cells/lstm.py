@@ -135,7 +135,9 @@ class LSTMMath(CellMath):
         if self.peephole:
             a_o = a_o + p_o * c_new
         o = torch.sigmoid(a_o)
-        c_out = layer_norm(c_new, p["ln_cell_weight"], p["ln_cell_bias"]) if self.layer_norm else c_new
+        c_out = (
+            layer_norm(c_new, p["ln_cell_weight"], p["ln_cell_bias"]) if self.layer_norm else c_new
+        )
         h_new = o * torch.tanh(c_out)
         if self.proj_size:
             h_new = torch.nn.functional.linear(h_new, p["weight_hr"])

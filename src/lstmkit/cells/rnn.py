@@ -2,7 +2,8 @@ r"""Vanilla (Elman) RNN step, as ``torch.nn.RNN``:
 
 .. math::
 
-    h_t = \phi\big(\mathrm{LN}_{ih}(W_{ih} x_t) + b_{ih} + \mathrm{LN}_{hh}(W_{hh} h_{t-1}) + b_{hh}\big),
+    h_t = \phi\big(\mathrm{LN}_{ih}(W_{ih} x_t) + b_{ih}
+                   + \mathrm{LN}_{hh}(W_{hh} h_{t-1}) + b_{hh}\big),
     \qquad \phi \in \{\tanh, \mathrm{ReLU}\}
 
 ``init='identity'`` with ``nonlinearity='relu'`` is the IRNN of Le et al. 2015.

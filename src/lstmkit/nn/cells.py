@@ -96,26 +96,30 @@ class _CellBase(nn.Module):
         """The lstmkit cell with the weights of a ``torch.nn`` cell."""
         if not isinstance(module, cls._torch_class):
             raise TypeError(
-                f"module must be a torch.nn.{cls._torch_class.__name__}, got {type(module).__name__}"
+                f"module must be a torch.nn.{cls._torch_class.__name__}, "
+                f"got {type(module).__name__}"
             )
-        ref = module.weight_ih
+        ref: Tensor = module.weight_ih  # type: ignore[assignment]
         kwargs: dict[str, Any] = {"bias": module.bias, "init": "torch"}
         if isinstance(module, nn.RNNCell):
             kwargs["nonlinearity"] = module.nonlinearity
-        new = cls(module.input_size, module.hidden_size, **kwargs, device=ref.device, dtype=ref.dtype)
+        new = cls(  # type: ignore[call-arg]
+            module.input_size, module.hidden_size, **kwargs, device=ref.device, dtype=ref.dtype
+        )
         new.load_state_dict(module.state_dict())
         return new
 
     def to_torch(self) -> nn.Module:
         """The ``torch.nn`` cell with these weights; ``ValueError`` for options torch lacks."""
         extra = [
-            k for k, v in self._math.options().items()
-            if v not in (False, None, 0) and not (k == "reset_after" and v)
-            and k != "nonlinearity"
+            k
+            for k, v in self._math.options().items()
+            if v not in (False, None, 0) and not (k == "reset_after" and v) and k != "nonlinearity"
         ]
         if extra:
             raise ValueError(
-                f"{type(self).__name__} cannot be converted to torch.nn.{self._torch_class.__name__}: "
+                f"{type(self).__name__} cannot be converted to "
+                f"torch.nn.{self._torch_class.__name__}: "
                 f"torch.nn has no equivalent of {', '.join(extra)}"
             )
         ref = self.weight_ih
@@ -177,8 +181,12 @@ class LSTMCell(_CellBase):
             cell_clip=cell_clip,
         )
         super().__init__(
-            math, init=init, forget_bias=forget_bias, chrono_init=chrono_init,
-            device=device, dtype=dtype,
+            math,
+            init=init,
+            forget_bias=forget_bias,
+            chrono_init=chrono_init,
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -203,7 +211,9 @@ class GRUCell(_CellBase):
     ) -> None:
         if init == "identity":
             raise ValueError("init='identity' (IRNN) is for RNNCell only, got it for GRUCell")
-        math = GRUMath(input_size, hidden_size, bias=bias, reset_after=reset_after, layer_norm=layer_norm)
+        math = GRUMath(
+            input_size, hidden_size, bias=bias, reset_after=reset_after, layer_norm=layer_norm
+        )
         super().__init__(
             math, init=init, forget_bias=None, chrono_init=chrono_init, device=device, dtype=dtype
         )
@@ -231,7 +241,9 @@ class RNNCell(_CellBase):
         math = RNNMath(
             input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, layer_norm=layer_norm
         )
-        super().__init__(math, init=init, forget_bias=None, chrono_init=None, device=device, dtype=dtype)
+        super().__init__(
+            math, init=init, forget_bias=None, chrono_init=None, device=device, dtype=dtype
+        )
 
 
 __all__ = ["GRUCell", "LSTMCell", "RNNCell"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,9 @@ def _zoneout_rates(value: Any, state_names: Sequence[str]) -> tuple[float, ...]:
                 f"zoneout must be a float or a tuple of {len(state_names)} rates ({names}), "
                 f"got {tuple(value)!r}"
             )
-        return tuple(_checks.probability(f"zoneout[{n}]", v) for v, n in zip(value, state_names, strict=True))
+        return tuple(
+            _checks.probability(f"zoneout[{n}]", v) for v, n in zip(value, state_names, strict=True)
+        )
     rate = _checks.probability("zoneout", value)
     return (rate,) * len(state_names)
 
@@ -108,8 +110,10 @@ class _RecurrentBase(nn.Module):
                 f"bidirectional_merge={bidirectional_merge!r} needs bidirectional=True"
             )
         if self.residual and self.num_layers < 2:
-            raise ValueError("residual=True adds skip connections between stacked layers and "
-                             f"needs num_layers >= 2, got num_layers={self.num_layers}")
+            raise ValueError(
+                "residual=True adds skip connections between stacked layers and "
+                f"needs num_layers >= 2, got num_layers={self.num_layers}"
+            )
         if self.chrono_init is not None and not self.bias:
             raise ValueError("chrono_init sets gate biases and needs bias=True, got bias=False")
         if self.dropout > 0 and self.num_layers == 1:
@@ -131,8 +135,9 @@ class _RecurrentBase(nn.Module):
         self.proj_size = getattr(cells[0], "proj_size", 0)
         self.zoneout = _zoneout_rates(zoneout, cells[0].state_names)
         if self.init == "identity" and cells[0].family != "rnn":
-            raise ValueError("init='identity' (IRNN) is for RNN only, got it for "
-                             f"{type(self).__name__}")
+            raise ValueError(
+                f"init='identity' (IRNN) is for RNN only, got it for {type(self).__name__}"
+            )
 
         factory = {"device": device, "dtype": dtype}
         self._param_names: list[list[list[tuple[str, str]]]] = []
@@ -214,7 +219,7 @@ class _RecurrentBase(nn.Module):
         )
         return opts
 
-    _TORCH_DEFAULTS: dict[str, object] = {
+    _TORCH_DEFAULTS: ClassVar[dict[str, object]] = {
         "peephole": False,
         "layer_norm": False,
         "coupled_gates": False,
@@ -232,7 +237,8 @@ class _RecurrentBase(nn.Module):
     def non_torch_options(self) -> list[str]:
         """Names of the options set to something ``torch.nn`` cannot express."""
         names = [
-            k for k, v in self.variant_options().items()
+            k
+            for k, v in self.variant_options().items()
             if k in self._TORCH_DEFAULTS and v != self._TORCH_DEFAULTS[k]
         ]
         if any(self.zoneout):
@@ -284,7 +290,9 @@ class _RecurrentBase(nn.Module):
         comps = self._state_components(hx)
         batch = comps[0].shape[1]
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor of shape ({batch},), got {_checks.describe(mask)}")
+            raise TypeError(
+                f"mask must be a bool tensor of shape ({batch},), got {_checks.describe(mask)}"
+            )
         if tuple(mask.shape) != (batch,):
             raise ValueError(f"mask must have shape ({batch},), got {tuple(mask.shape)}")
         init = self._initial_components(batch, comps[0])
@@ -407,7 +415,9 @@ class _RecurrentBase(nn.Module):
                     p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_drop, True)
                 in_mask = h_mask = None
                 if training:
-                    in_mask = variational_mask(layer_input, layer_input.shape[-1], self.input_dropout)
+                    in_mask = variational_mask(
+                        layer_input, layer_input.shape[-1], self.input_dropout
+                    )
                     h_mask = variational_mask(layer_input, cell.output_size, self.recurrent_dropout)
                 y, final = run_direction(
                     cell,
@@ -463,7 +473,7 @@ class _RecurrentBase(nn.Module):
                 f"module must be a torch.nn.{cls._torch_class.__name__}, got "
                 f"{type(module).__module__}.{type(module).__name__}"
             )
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "input_size": module.input_size,
             "hidden_size": module.hidden_size,
             "num_layers": module.num_layers,
@@ -493,7 +503,8 @@ class _RecurrentBase(nn.Module):
         extra = self.non_torch_options()
         if extra:
             raise ValueError(
-                f"{type(self).__name__} cannot be converted to torch.nn.{self._torch_class.__name__}: "
+                f"{type(self).__name__} cannot be converted to "
+                f"torch.nn.{self._torch_class.__name__}: "
                 f"torch.nn has no equivalent of {', '.join(extra)}"
             )
         ref = next(self.parameters())
@@ -517,7 +528,7 @@ class _RecurrentBase(nn.Module):
 
 
 # ---------------------------------------------------------------------- the three families
-def _common_kwargs(
+def _common_kwargs(  # the keyword options every family shares
     *,
     reverse: bool,
     residual: bool,
@@ -764,7 +775,11 @@ class RNN(_RecurrentBase):
 
         def factory(layer_input: int) -> RNNMath:
             return RNNMath(
-                layer_input, hidden_size, bias=bias, nonlinearity=nonlinearity, layer_norm=layer_norm
+                layer_input,
+                hidden_size,
+                bias=bias,
+                nonlinearity=nonlinearity,
+                layer_norm=layer_norm,
             )
 
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}.get(nonlinearity, "RNN")
