@@ -103,7 +103,7 @@ class _CellBase(nn.Module):
         kwargs: dict[str, Any] = {"bias": module.bias, "init": "torch"}
         if isinstance(module, nn.RNNCell):
             kwargs["nonlinearity"] = module.nonlinearity
-        sizes = (int(module.input_size), int(module.hidden_size))  # type: ignore[call-overload]
+        sizes = (int(module.input_size), int(module.hidden_size))  # type: ignore[arg-type]
         factory: Any = cls  # subclasses take (input_size, hidden_size, ...), not _CellBase's args
         new = factory(*sizes, **kwargs, device=ref.device, dtype=ref.dtype)
         new.load_state_dict(module.state_dict())
