@@ -8,7 +8,10 @@ choice of backend that runs the loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import Regularisation, resolve
@@ -42,6 +45,43 @@ def variational_mask(like: Tensor, features: int, p: float) -> Tensor | None:
     return torch.bernoulli(keep).div_(1.0 - p)
 
 
+@dataclass(frozen=True)
+class Rates:
+    """The regularisation rates of a layer (all zero: no regularisation)."""
+
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    weight_drop: float = 0.0
+    zoneout: tuple[float, ...] = ()
+
+
+def draw_regularisation(
+    cell: CellMath, p: Params, x: Tensor, rates: Rates, training: bool
+) -> tuple[Params, Tensor | None, Regularisation]:
+    """Draw every random mask of one layer and direction for one call, in a fixed order
+    (weight drop, input mask, recurrent mask, zoneout masks), so that every backend sees the same
+    masks for the same seed. Returns the (possibly weight-dropped) parameters, the input mask
+    ``(1, B, input)`` or ``None``, and the :class:`Regularisation` for the backend."""
+    zoneout = rates.zoneout if any(rates.zoneout) else None
+    if not training:
+        return p, None, Regularisation(training=False, zoneout=zoneout)
+    if rates.weight_drop:
+        p = {**p, "weight_hh": F.dropout(p["weight_hh"], rates.weight_drop, True)}
+    in_mask = variational_mask(x, x.shape[-1], rates.input_dropout)
+    h_mask = variational_mask(x, cell.output_size, rates.recurrent_dropout)
+    masks = None
+    if zoneout is not None:
+        T, B = x.shape[0], x.shape[1]
+        masks = tuple(
+            torch.bernoulli(torch.full((T, B, size), rate, dtype=x.dtype, device=x.device))
+            if rate
+            else None
+            for rate, size in zip(zoneout, cell.state_sizes, strict=True)
+        )
+    reg = Regularisation(training=True, h_mask=h_mask, zoneout=zoneout, zoneout_masks=masks)
+    return p, None if in_mask is None else in_mask.unsqueeze(0), reg
+
+
 def run_direction(
     cell: CellMath,
     p: Params,
@@ -51,16 +91,18 @@ def run_direction(
     lengths: Tensor | None,
     valid: Tensor | None,
     reverse: bool,
-    reg: Regularisation,
-    input_mask: Tensor | None = None,
+    rates: Rates = Rates(),
+    training: bool = False,
     backend: str = "auto",
 ) -> tuple[Tensor, State]:
     """Run one layer in one direction over ``x`` ``(T, B, input)``.
 
     With ``reverse=True`` each sequence is processed from its last valid step to its first and the
     outputs are put back in input order, as ONNX ``direction=reverse`` and the backward half of a
-    bidirectional ``torch.nn`` layer do.
+    bidirectional ``torch.nn`` layer do. Regularisation applies only with ``training=True``, except
+    zoneout, whose expectation is used at evaluation.
     """
+    p, input_mask, reg = draw_regularisation(cell, p, x, rates, training)
     if input_mask is not None:
         x = x * input_mask
     if reverse:

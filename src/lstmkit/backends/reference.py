@@ -13,14 +13,13 @@ from ..cells import CellMath, Params, State
 from ._api import Regularisation
 
 
-def zoneout(new: Tensor, old: Tensor, rate: float, training: bool) -> Tensor:
-    """Zoneout (Krueger et al. 2017): keep each unit's previous value with probability ``rate``;
-    at evaluation use the expectation ``rate * old + (1 - rate) * new``."""
+def zoneout(new: Tensor, old: Tensor, rate: float, keep: Tensor | None) -> Tensor:
+    """Zoneout (Krueger et al. 2017): where ``keep`` is 1 the unit keeps its previous value; with
+    no mask (evaluation) use the expectation ``rate * old + (1 - rate) * new``."""
+    if keep is not None:
+        return torch.lerp(new, old, keep)
     if rate == 0.0:
         return new
-    if training:
-        keep = torch.bernoulli(torch.full_like(new, rate))
-        return torch.lerp(new, old, keep)
     return torch.lerp(new, old, rate)
 
 
@@ -43,13 +42,20 @@ def scan(
         return x.new_zeros(0, B, cell.output_size), state
     xp = cell.project_input(x, p)
     rates = reg.zoneout
+    n_state = len(state)
+    masks: list[tuple[Tensor | None, ...]]
+    if rates is not None and reg.zoneout_masks is not None:
+        per_step = [m.unbind(0) if m is not None else (None,) * T for m in reg.zoneout_masks]
+        masks = list(zip(*per_step, strict=True))
+    else:
+        masks = [(None,) * n_state] * T
     outputs = []
     valid_steps = valid.unbind(0) if valid is not None else (None,) * T
-    for xp_t, ok in zip(xp.unbind(0), valid_steps, strict=True):
+    for xp_t, ok, keep in zip(xp.unbind(0), valid_steps, masks, strict=True):
         new = cell.step(xp_t, state, p, reg.h_mask)
         if rates is not None:
             new = tuple(
-                zoneout(n, o, r, reg.training) for n, o, r in zip(new, state, rates, strict=True)
+                zoneout(n, o, r, k) for n, o, r, k in zip(new, state, rates, keep, strict=True)
             )
         if ok is None:
             state = new

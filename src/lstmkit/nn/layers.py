@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import _checks
-from ..backends import BACKENDS, Regularisation
+from ..backends import BACKENDS
 from ..cells import INIT_SCHEMES, CellMath, GRUMath, LSTMMath, RNNMath, State
-from ..recurrent import run_direction, valid_mask, variational_mask
+from ..recurrent import Rates, run_direction, valid_mask
 
 MERGES = ("concat", "sum", "mean")
 
@@ -404,31 +404,22 @@ class _RecurrentBase(nn.Module):
         T = x.shape[0]
         valid = valid_mask(lengths, T)
         training = self.training
-        zoneout = self.zoneout if any(self.zoneout) else None
+        rates = Rates(self.input_dropout, self.recurrent_dropout, self.weight_drop, self.zoneout)
         layer_input = x
         finals: list[State] = []
         for layer, cell in enumerate(self._cells):
             outputs = []
             for direction in range(self.num_directions):
-                p = self._params(layer, direction)
-                if training and self.weight_drop:
-                    p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_drop, True)
-                in_mask = h_mask = None
-                if training:
-                    in_mask = variational_mask(
-                        layer_input, layer_input.shape[-1], self.input_dropout
-                    )
-                    h_mask = variational_mask(layer_input, cell.output_size, self.recurrent_dropout)
                 y, final = run_direction(
                     cell,
-                    p,
+                    self._params(layer, direction),
                     layer_input,
                     states[layer * self.num_directions + direction],
                     lengths=lengths,
                     valid=valid,
                     reverse=self.reverse or direction == 1,
-                    reg=Regularisation(training=training, h_mask=h_mask, zoneout=zoneout),
-                    input_mask=None if in_mask is None else in_mask.unsqueeze(0),
+                    rates=rates,
+                    training=training,
                     backend=self.backend,
                 )
                 outputs.append(y)
@@ -521,9 +512,11 @@ class _RecurrentBase(nn.Module):
             default = {"bias": True}.get(key, False if key != "dropout" else 0.0)
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)}"
-        for key, value in self.variant_options().items():
-            if value not in (False, None, 0.0, 0, "concat") and value != (0.0,) * len(self.zoneout):
-                s += f", {key}={value}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        options = self.variant_options()
+        for key in self.non_torch_options():
+            s += f", {key}={options[key]}"
         return s
 
 
