@@ -34,7 +34,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     t = torch.arange(T, device=x.device)[:, None]
     L = lengths[None, :]
     index = torch.where(t < L, L - 1 - t, t)
-    return x.gather(0, index.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
+    return x.gather(0, index.view(T, x.shape[1], *([1] * (x.dim() - 2))).expand_as(x))
 
 
 def variational_mask(like: Tensor, features: int, p: float) -> Tensor | None:
@@ -103,6 +103,10 @@ def run_direction(
     zoneout, whose expectation is used at evaluation.
     """
     p, input_mask, reg = draw_regularisation(cell, p, x, rates, training)
+    if valid is not None:
+        # Padding is never read, but its values still pass through the (discarded) step math:
+        # zero it so that NaN or inf there cannot poison the gradients (0 * NaN = NaN).
+        x = x.masked_fill(~valid, 0.0)
     if input_mask is not None:
         x = x * input_mask
     if reverse:

@@ -30,6 +30,15 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None = None) -> 
     return F.layer_norm(x, (x.shape[-1],), weight, bias, LN_EPS)
 
 
+def _orthogonal_(tensor: Tensor) -> None:
+    """``torch.nn.init.orthogonal_`` that also works for half and bfloat16 (whose QR
+    decomposition torch does not implement): draw in float32 and copy."""
+    if tensor.dtype in (torch.float32, torch.float64):
+        torch.nn.init.orthogonal_(tensor)
+    else:
+        tensor.copy_(torch.nn.init.orthogonal_(torch.empty_like(tensor, dtype=torch.float32)))
+
+
 class CellMath:
     """Stateless description of one recurrent step of a family (LSTM, GRU, RNN).
 
@@ -121,7 +130,7 @@ class CellMath:
                         tensor.normal_(0.0, 1e-3)
                 elif name == "weight_hh":
                     for block in tensor.split(H, 0):
-                        torch.nn.init.orthogonal_(block)
+                        _orthogonal_(block)
                 elif name == "weight_ih":
                     for block in tensor.split(H, 0):
                         torch.nn.init.xavier_uniform_(block)

@@ -15,6 +15,16 @@ from torch import Tensor, nn
 from .. import _checks
 from ..cells import CellMath, GRUMath, LSTMMath, RNNMath
 
+# The value of each variant option that reproduces the plain ``torch.nn`` cell.
+_TORCH_DEFAULTS: dict[str, object] = {
+    "proj_size": 0,
+    "peephole": False,
+    "layer_norm": False,
+    "coupled_gates": False,
+    "cell_clip": None,
+    "reset_after": True,
+}
+
 
 class _CellBase(nn.Module):
     _torch_class: type[nn.Module]
@@ -46,6 +56,14 @@ class _CellBase(nn.Module):
     @property
     def cell_math(self) -> CellMath:
         return self._math
+
+    def _non_torch_options(self) -> dict[str, object]:
+        """The variant options set to something the ``torch.nn`` cell cannot express."""
+        return {
+            k: v
+            for k, v in self._math.options().items()
+            if k in _TORCH_DEFAULTS and v != _TORCH_DEFAULTS[k]
+        }
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter with the scheme chosen by ``init``."""
@@ -111,11 +129,7 @@ class _CellBase(nn.Module):
 
     def to_torch(self) -> nn.Module:
         """The ``torch.nn`` cell with these weights; ``ValueError`` for options torch lacks."""
-        extra = [
-            k
-            for k, v in self._math.options().items()
-            if v not in (False, None, 0) and not (k == "reset_after" and v) and k != "nonlinearity"
-        ]
+        extra = list(self._non_torch_options())
         if extra:
             raise ValueError(
                 f"{type(self).__name__} cannot be converted to "
@@ -136,8 +150,9 @@ class _CellBase(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
+        extra = self._non_torch_options()
         for k, v in self._math.options().items():
-            if v not in (False, None, 0) and not (k == "reset_after" and v):
+            if k == "nonlinearity" or k in extra:
                 s += f", {k}={v!r}"
         return s
 
