@@ -202,7 +202,19 @@ def test_integer_packed_sequence():
             ValueError,
             r"init must be one of 'default', 'torch', 'identity', got 'xavier'",
         ),
-        (LSTM, {"init": "identity"}, ValueError, r"init='identity' \(IRNN\) is for RNN only"),
+        (
+            LSTM,
+            {"init": "identity"},
+            ValueError,
+            r"init='identity' \(IRNN\) is for RNN and RNNCell only, got it for LSTM",
+        ),
+        (
+            LSTM,
+            {"chrono_init": 100, "forget_bias": 3.0},
+            ValueError,
+            r"forget_bias and chrono_init both set the forget-gate bias",
+        ),
+        (LSTM, {"forget_bias": "1"}, TypeError, r"forget_bias must be a float, got '1'"),
         (
             RNN,
             {"chrono_init": 100},
@@ -222,7 +234,7 @@ def test_integer_packed_sequence():
             LSTM,
             {"backend": "cuda"},
             ValueError,
-            r"backend must be one of 'auto', 'reference', got 'cuda'",
+            r"backend must be one of 'auto', 'reference'.*, got 'cuda'",
         ),
         (GRU, {"reset_after": "yes"}, TypeError, r"reset_after must be True or False, got 'yes'"),
     ],
@@ -289,6 +301,34 @@ def test_from_torch_wrong_module():
         LSTM.from_torch(nn.GRU(4, 6))
 
 
+def test_from_torch_with_options_that_add_parameters():
+    with pytest.raises(
+        ValueError,
+        match=r"from_torch options \['layer_norm'\] change the parameter set .*ln_cell_bias_l0",
+    ):
+        LSTM.from_torch(nn.LSTM(4, 6), layer_norm=True)
+    converted = LSTM.from_torch(nn.LSTM(4, 6), recurrent_dropout=0.2)
+    assert converted.recurrent_dropout == 0.2
+
+
+def test_input_dtype_must_match_the_parameters():
+    pattern = (
+        r"input must have the module's parameter dtype torch\.float32, got torch\.float64; convert"
+    )
+    with pytest.raises(TypeError, match=pattern):
+        LSTM(4, 6)(x(dtype=torch.float64))
+    with pytest.raises(TypeError, match=pattern):
+        GRUCell(4, 6)(torch.randn(2, 4, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts inside the products
+        y, _ = GRU(4, 6)(x().bfloat16())
+    assert y.shape == (5, 3, 6)
+
+
+def test_input_device_must_match_the_parameters():
+    with pytest.raises(ValueError, match=r"input must be on the module's device cpu, got meta"):
+        RNN(4, 6)(torch.randn(5, 3, 4, device="meta"))
+
+
 def test_to_torch_names_the_variant():
     with pytest.raises(ValueError, match=r"torch\.nn has no equivalent of peephole, layer_norm"):
         LSTM(4, 6, peephole=True, layer_norm=True).to_torch()
@@ -313,8 +353,20 @@ def test_cell_hx_shape_and_type():
 
 
 def test_cell_options():
-    with pytest.raises(ValueError, match=r"init='identity' \(IRNN\) is for RNNCell only"):
+    with pytest.raises(
+        ValueError,
+        match=r"init='identity' \(IRNN\) is for RNN and RNNCell only, got it for GRUCell",
+    ):
         GRUCell(4, 6, init="identity")
+    with pytest.raises(
+        ValueError,
+        match=r"chrono_init is the longest dependency T_max in steps and must be > 1, got 0\.5",
+    ):
+        LSTMCell(4, 6, chrono_init=0.5)
+    with pytest.raises(ValueError, match=r"chrono_init sets gate biases and needs bias=True"):
+        GRUCell(4, 6, bias=False, chrono_init=10.0)
+    with pytest.raises(TypeError, match=r"forget_bias must be a float, got 'x'"):
+        LSTMCell(4, 6, forget_bias="x")
     with pytest.raises(ValueError, match=r"nonlinearity must be one of 'tanh', 'relu', got 'gelu'"):
         RNNCell(4, 6, True, "gelu")
     with pytest.raises(TypeError, match=r"input must be a floating-point tensor"):

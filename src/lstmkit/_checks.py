@@ -129,3 +129,18 @@ def lengths_tensor(value: Any, T: int, B: int, device: torch.device) -> torch.Te
             f"got a length of {int(value.max())}"
         )
     return value.to(device=device, dtype=torch.int64)
+
+
+def matches_parameters(name: str, value: torch.Tensor, parameter: torch.Tensor) -> None:
+    """``value`` must share the module's parameter dtype (unless autocast is active, which casts
+    inside the matrix products) and device."""
+    if value.device != parameter.device:
+        raise ValueError(
+            f"{name} must be on the module's device {parameter.device}, got {value.device}; "
+            f"move it with .to({str(parameter.device)!r})"
+        )
+    if value.dtype != parameter.dtype and not torch.is_autocast_enabled(value.device.type):
+        raise TypeError(
+            f"{name} must have the module's parameter dtype {parameter.dtype}, got {value.dtype}; "
+            f"convert the input with .to({parameter.dtype}) or the module with .to({value.dtype})"
+        )

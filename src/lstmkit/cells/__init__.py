@@ -1,6 +1,6 @@
 """The math of one recurrent step, one module per family. No time loop lives here."""
 
-from .base import INIT_SCHEMES, CellMath, Params, State, layer_norm
+from .base import INIT_SCHEMES, CellMath, Params, State, layer_norm, resolve_init
 from .gru import GRUMath
 from .lstm import LSTMMath
 from .rnn import NONLINEARITIES, RNNMath
@@ -15,4 +15,5 @@ __all__ = [
     "RNNMath",
     "State",
     "layer_norm",
+    "resolve_init",
 ]

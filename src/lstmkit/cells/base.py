@@ -39,6 +39,45 @@ def _orthogonal_(tensor: Tensor) -> None:
         tensor.copy_(torch.nn.init.orthogonal_(torch.empty_like(tensor, dtype=torch.float32)))
 
 
+def resolve_init(
+    family: str,
+    owner: str,
+    init: str,
+    forget_bias: float | None,
+    chrono_init: float | None,
+    bias: bool,
+) -> tuple[str, float | None, float | None]:
+    """Validate the initialisation options of a layer or cell of ``family`` (named ``owner`` in
+    messages) and resolve ``forget_bias``: ``None`` means 1.0 for an LSTM under ``init='default'``
+    and "leave the biases as the scheme draws them" otherwise."""
+    _checks.choice("init", init, INIT_SCHEMES)
+    if init == "identity" and family != "rnn":
+        raise ValueError(f"init='identity' (IRNN) is for RNN and RNNCell only, got it for {owner}")
+    forget = None if forget_bias is None else _checks.real("forget_bias", forget_bias)
+    chrono = _checks.optional_positive_float("chrono_init", chrono_init)
+    if chrono is not None:
+        if family == "rnn":
+            raise ValueError(
+                f"chrono_init sets gate biases and {owner} has no gates; use an LSTM or GRU "
+                f"(got chrono_init={chrono_init})"
+            )
+        if chrono <= 1.0:
+            raise ValueError(
+                f"chrono_init is the longest dependency T_max in steps and must be > 1, "
+                f"got {chrono_init}"
+            )
+        if not bias:
+            raise ValueError("chrono_init sets gate biases and needs bias=True, got bias=False")
+        if forget is not None:
+            raise ValueError(
+                "forget_bias and chrono_init both set the forget-gate bias: pass one of them, "
+                f"got forget_bias={forget_bias} and chrono_init={chrono_init}"
+            )
+    if forget is None and family == "lstm" and init == "default" and chrono is None:
+        forget = 1.0
+    return init, forget, chrono
+
+
 class CellMath:
     """Stateless description of one recurrent step of a family (LSTM, GRU, RNN).
 

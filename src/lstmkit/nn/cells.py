@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _checks
-from ..cells import CellMath, GRUMath, LSTMMath, RNNMath
+from ..cells import CellMath, GRUMath, LSTMMath, RNNMath, resolve_init
 
 # The value of each variant option that reproduces the plain ``torch.nn`` cell.
 _TORCH_DEFAULTS: dict[str, object] = {
@@ -44,9 +44,9 @@ class _CellBase(nn.Module):
         self.input_size = math.input_size
         self.hidden_size = math.hidden_size
         self.bias = math.bias
-        self.init = init
-        self.forget_bias = forget_bias
-        self.chrono_init = _checks.optional_positive_float("chrono_init", chrono_init)
+        self.init, self.forget_bias, self.chrono_init = resolve_init(
+            math.family, type(self).__name__, init, forget_bias, chrono_init, math.bias
+        )
         for name, shape in math.parameter_shapes().items():
             self.register_parameter(
                 name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
@@ -81,6 +81,7 @@ class _CellBase(nn.Module):
                 f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
                 f"got {tuple(x.shape)}"
             )
+        _checks.matches_parameters("input", x, self.weight_ih)
         batched = x.dim() == 2
         if not batched:
             x = x.unsqueeze(0)
@@ -181,10 +182,6 @@ class LSTMCell(_CellBase):
         forget_bias: float | None = None,
         chrono_init: float | None = None,
     ) -> None:
-        if init == "identity":
-            raise ValueError("init='identity' (IRNN) is for RNNCell only, got it for LSTMCell")
-        if forget_bias is None and init == "default" and chrono_init is None:
-            forget_bias = 1.0
         math = LSTMMath(
             input_size,
             hidden_size,
@@ -224,8 +221,6 @@ class GRUCell(_CellBase):
         init: str = "default",
         chrono_init: float | None = None,
     ) -> None:
-        if init == "identity":
-            raise ValueError("init='identity' (IRNN) is for RNNCell only, got it for GRUCell")
         math = GRUMath(
             input_size, hidden_size, bias=bias, reset_after=reset_after, layer_norm=layer_norm
         )

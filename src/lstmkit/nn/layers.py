@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import _checks
 from ..backends import BACKENDS
-from ..cells import INIT_SCHEMES, CellMath, GRUMath, LSTMMath, RNNMath, State
+from ..cells import CellMath, GRUMath, LSTMMath, RNNMath, State, resolve_init
 from ..recurrent import Rates, run_direction, valid_mask
 
 MERGES = ("concat", "sum", "mean")
@@ -91,15 +91,7 @@ class _RecurrentBase(nn.Module):
         self.input_dropout = _checks.probability("input_dropout", input_dropout)
         self.recurrent_dropout = _checks.probability("recurrent_dropout", recurrent_dropout)
         self.weight_drop = _checks.probability("weight_drop", weight_drop)
-        self.init = _checks.choice("init", init, INIT_SCHEMES)
-        self.forget_bias = None if forget_bias is None else _checks.real("forget_bias", forget_bias)
-        self.chrono_init = _checks.optional_positive_float("chrono_init", chrono_init)
         self.backend = _checks.choice("backend", backend, BACKENDS)
-        if self.chrono_init is not None and self.chrono_init <= 1.0:
-            raise ValueError(
-                f"chrono_init is the longest dependency T_max in steps and must be > 1, "
-                f"got {chrono_init}"
-            )
         if self.reverse and self.bidirectional:
             raise ValueError(
                 "reverse=True and bidirectional=True cannot be combined: a bidirectional layer "
@@ -114,8 +106,6 @@ class _RecurrentBase(nn.Module):
                 "residual=True adds skip connections between stacked layers and "
                 f"needs num_layers >= 2, got num_layers={self.num_layers}"
             )
-        if self.chrono_init is not None and not self.bias:
-            raise ValueError("chrono_init sets gate biases and needs bias=True, got bias=False")
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 "dropout applies between stacked layers and has no effect with num_layers=1 "
@@ -134,10 +124,9 @@ class _RecurrentBase(nn.Module):
         self._cells = cells
         self.proj_size = getattr(cells[0], "proj_size", 0)
         self.zoneout = _zoneout_rates(zoneout, cells[0].state_names)
-        if self.init == "identity" and cells[0].family != "rnn":
-            raise ValueError(
-                f"init='identity' (IRNN) is for RNN only, got it for {type(self).__name__}"
-            )
+        self.init, self.forget_bias, self.chrono_init = resolve_init(
+            cells[0].family, type(self).__name__, init, forget_bias, chrono_init, self.bias
+        )
 
         factory = {"device": device, "dtype": dtype}
         self._param_names: list[list[list[tuple[str, str]]]] = []
@@ -372,6 +361,7 @@ class _RecurrentBase(nn.Module):
                 f"input must have {self.input_size} features (input_size) in its last dimension, "
                 f"got {x.shape[-1]} (input shape {tuple(x.shape)})"
             )
+        _checks.matches_parameters("input", x, self._params(0, 0)["weight_ih"])
         T, B = x.shape[0], x.shape[1]
         if lengths is not None:
             lengths = _checks.lengths_tensor(lengths, T, B, x.device)
@@ -478,6 +468,15 @@ class _RecurrentBase(nn.Module):
         kwargs.update(options)
         ref = next(module.parameters())
         new = cls(**kwargs, device=ref.device, dtype=ref.dtype)
+        theirs, ours = set(module.state_dict()), set(new.state_dict())
+        if theirs != ours:
+            changed = sorted(ours ^ theirs)
+            raise ValueError(
+                f"from_torch options {sorted(options)} change the parameter set "
+                f"(parameters not in both: {', '.join(changed[:4])}"
+                f"{', ...' if len(changed) > 4 else ''}); from_torch copies torch's weights, so "
+                "pass only options that keep the parameters, such as backend or the dropouts"
+            )
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new
@@ -593,8 +592,6 @@ class LSTM(_RecurrentBase):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        if forget_bias is None and init == "default" and chrono_init is None:
-            forget_bias = 1.0
 
         def factory(layer_input: int) -> LSTMMath:
             return LSTMMath(
@@ -758,11 +755,6 @@ class RNN(_RecurrentBase):
         if proj_size:
             raise ValueError(
                 f"proj_size is only supported by LSTM, not RNN (got proj_size={proj_size})"
-            )
-        if chrono_init is not None:
-            raise ValueError(
-                "chrono_init sets gate biases and RNN has no gates; use LSTM or GRU "
-                f"(got chrono_init={chrono_init})"
             )
         self.nonlinearity = nonlinearity
 
