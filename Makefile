@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.lstmkit-installed
 
 .PHONY: demo test lint typecheck clean
 
-$(STAMP): pyproject.toml
+# setup.py compiles the C++ extension lstmkit._C (the fused backend) against the torch installed
+# first, hence --no-build-isolation and setuptools/wheel in the venv before it; editing a file in
+# csrc/ rebuilds it.
+$(STAMP): pyproject.toml setup.py $(wildcard src/lstmkit/backends/csrc/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q torch==2.13.0 'setuptools>=68' wheel
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,7 +25,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -n 2
 
 clean:

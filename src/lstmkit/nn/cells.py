@@ -65,6 +65,11 @@ class _CellBase(nn.Module):
             if k in _TORCH_DEFAULTS and v != _TORCH_DEFAULTS[k]
         }
 
+    def _math_weight(self) -> Tensor:
+        """A parameter whose dtype and device every input must share."""
+        weight: Tensor = self.weight_ih  # type: ignore[assignment]
+        return weight
+
     def reset_parameters(self) -> None:
         """Re-initialise every parameter with the scheme chosen by ``init``."""
         self._math.init_parameters(
@@ -81,7 +86,7 @@ class _CellBase(nn.Module):
                 f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
                 f"got {tuple(x.shape)}"
             )
-        _checks.matches_parameters("input", x, self.weight_ih)
+        _checks.matches_parameters("input", x, self._math_weight())
         batched = x.dim() == 2
         if not batched:
             x = x.unsqueeze(0)

@@ -1,0 +1,20 @@
+// Python bindings of the fused kernels: the module lstmkit._C, built by setup.py at install
+// time and used by lstmkit/backends/fused.py. Arguments are positional; see ops.h. The kernels
+// only use ATen, so they release the GIL while they run.
+// ops.h first: it sets the SIMD capability before any ATen header includes the vec headers.
+#include "ops.h"
+
+#include <torch/extension.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+  m.doc() = "lstmkit fused recurrent kernels (CPU): forward and hand-written BPTT";
+  m.def("lstm_forward", &lstmkit::lstm_forward, "Fused LSTM scan, forward", no_gil);
+  m.def("lstm_backward", &lstmkit::lstm_backward, "Fused LSTM scan, backward", no_gil);
+  m.def("gru_forward", &lstmkit::gru_forward, "Fused GRU scan, forward", no_gil);
+  m.def("gru_backward", &lstmkit::gru_backward, "Fused GRU scan, backward", no_gil);
+  m.def("rnn_forward", &lstmkit::rnn_forward, "Fused RNN scan, forward", no_gil);
+  m.def("rnn_backward", &lstmkit::rnn_backward, "Fused RNN scan, backward", no_gil);
+}

@@ -1,0 +1,387 @@
+"""The fused backend (C++ kernels with a hand-written backward) against the reference loop.
+
+Two modules with the same state_dict, one with ``backend='reference'`` and one with
+``backend='fused'``, run the same input with the same seed (so every dropout, weight-drop and
+zoneout mask is the same) over a grid of variants, stacking, directions, lengths (with a zero
+length), initial states and regularisation. In float32 outputs and final states agree within
+1e-5 and every parameter and input gradient within 1e-4, relative to the gradient's largest
+entry where that exceeds 1 (with layer_norm, LN of the zero recurrent product at the first step
+divides by sqrt(eps), which makes some gradients O(100) and float32 rounding grow with them; in
+float64 the two backends agree to ~1e-12 there too). ``gradcheck`` in float64 checks each
+variant's hand-written gradients through the fused backend alone, and two identical calls give
+bitwise identical results.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.func import functional_call
+
+pytest.importorskip(
+    "lstmkit._C",
+    reason="the fused backend's C++ extension lstmkit._C is not built "
+    "(run `make`, or `pip install --no-build-isolation -e .` with torch installed)",
+)
+
+import lstmkit
+from lstmkit import backends
+from lstmkit.backends import fused
+
+I, H, T, B = 3, 4, 5, 3
+LENGTHS = [5, 0, 3]  # includes a zero length: the initial state comes back, outputs are zero
+OUT_TOL = {"atol": 1e-5, "rtol": 0.0}
+GRAD_TOL = 1e-4
+
+VARIANTS = {
+    "lstm": (lstmkit.LSTM, {}),
+    "lstm_no_bias": (lstmkit.LSTM, {"bias": False}),
+    "lstm_peephole": (lstmkit.LSTM, {"peephole": True}),
+    "lstm_cifg": (lstmkit.LSTM, {"coupled_gates": True}),
+    "lstm_clip": (lstmkit.LSTM, {"cell_clip": 0.3}),
+    "lstm_proj": (lstmkit.LSTM, {"proj_size": 2}),
+    "lstm_peephole_cifg": (lstmkit.LSTM, {"peephole": True, "coupled_gates": True}),
+    "lstm_all": (
+        lstmkit.LSTM,
+        {"peephole": True, "coupled_gates": True, "cell_clip": 0.3, "proj_size": 2},
+    ),
+    "lstm_peephole_clip_proj": (
+        lstmkit.LSTM,
+        {"peephole": True, "cell_clip": 0.3, "proj_size": 3, "bias": False},
+    ),
+    "lstm_ln": (lstmkit.LSTM, {"layer_norm": True}),
+    # a looser clip with layer_norm: a row of c' clipped almost all to one value has a tiny
+    # variance, and LN_c's 1/std then magnifies float32 rounding beyond the tolerance
+    "lstm_ln_all": (
+        lstmkit.LSTM,
+        {
+            "layer_norm": True,
+            "peephole": True,
+            "coupled_gates": True,
+            "cell_clip": 0.8,
+            "proj_size": 2,
+            "bias": False,
+        },
+    ),
+    "gru": (lstmkit.GRU, {}),
+    "gru_reset_before": (lstmkit.GRU, {"reset_after": False}),
+    "gru_no_bias": (lstmkit.GRU, {"bias": False, "reset_after": False}),
+    "gru_ln": (lstmkit.GRU, {"layer_norm": True}),
+    "gru_ln_reset_before": (lstmkit.GRU, {"layer_norm": True, "reset_after": False}),
+    "rnn_tanh": (lstmkit.RNN, {}),
+    "rnn_relu": (lstmkit.RNN, {"nonlinearity": "relu"}),
+    "rnn_relu_no_bias": (lstmkit.RNN, {"nonlinearity": "relu", "bias": False}),
+    "rnn_ln": (lstmkit.RNN, {"layer_norm": True}),
+}
+STRUCTURES = {
+    "1": {},
+    "1_bi": {"bidirectional": True},
+    "1_reverse": {"reverse": True},
+    "2": {"num_layers": 2},
+    "2_bi": {"num_layers": 2, "bidirectional": True},
+    "2_reverse": {"num_layers": 2, "reverse": True},
+}
+# plain: x needs no gradient (as a first layer's data); learned: learn_initial_state (a state
+# expanded over the batch); hx: an initial state that needs a gradient.
+INPUTS = ("plain", "lengths_learned", "lengths_hx", "hx")
+REGULARISATION = ("none", "eval_zoneout", "train")
+
+
+def _regularisation(kind: str, cls: type, num_layers: int) -> dict:
+    zoneout = (0.3, 0.2) if cls is lstmkit.LSTM else 0.3
+    if kind == "none":
+        return {}
+    if kind == "eval_zoneout":  # the expectation rate * old + (1 - rate) * new
+        return {"zoneout": zoneout}
+    reg = {
+        "input_dropout": 0.2,
+        "recurrent_dropout": 0.3,
+        "weight_drop": 0.25,
+        "zoneout": zoneout,
+    }
+    if num_layers > 1:
+        reg["dropout"] = 0.3
+    return reg
+
+
+def _pair(cls: type, dtype: torch.dtype = torch.float32, **kwargs):
+    """A reference and a fused module with the same (randomised) weights."""
+    ref = cls(I, H, backend="reference", dtype=dtype, **kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():  # biases and initial states away from zero, clipping active
+            p.uniform_(-0.8, 0.8)
+    fu = cls(I, H, backend="fused", dtype=dtype, **kwargs)
+    fu.load_state_dict(ref.state_dict())
+    return ref, fu
+
+
+def _parts(state) -> list[torch.Tensor]:
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def _run(module, x, hx, lengths, seed, weights):
+    """Forward and backward of a fixed random weighted sum of outputs and final states."""
+    for t in (x, *hx):
+        t.grad = None
+    module.zero_grad()
+    torch.manual_seed(seed)
+    hx_arg = None if not hx else (tuple(hx) if len(hx) > 1 else hx[0])
+    out, state = module(x, hx_arg, lengths=lengths)
+    parts = _parts(state)
+    loss = sum((t * w).sum() for t, w in zip([out, *parts], weights, strict=True))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    if x.requires_grad:
+        grads["input"] = x.grad.clone()
+    for k, h in enumerate(hx):
+        grads[f"hx{k}"] = h.grad.clone()
+    return out.detach(), [s.detach() for s in parts], grads
+
+
+@pytest.mark.parametrize("reg", REGULARISATION)
+@pytest.mark.parametrize("inputs", INPUTS)
+@pytest.mark.parametrize("structure", list(STRUCTURES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fused_matches_reference(variant, structure, inputs, reg):
+    cls, options = VARIANTS[variant]
+    layout = STRUCTURES[structure]
+    kwargs = {
+        **options,
+        **layout,
+        **_regularisation(reg, cls, layout.get("num_layers", 1)),
+        "learn_initial_state": inputs == "lengths_learned",
+    }
+    ref, fu = _pair(cls, **kwargs)
+    ref.train(reg == "train")
+    fu.train(reg == "train")
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(T, B, I, generator=gen).requires_grad_(inputs != "plain")
+    lengths = torch.tensor(LENGTHS) if inputs.startswith("lengths") else None
+    hx: list[torch.Tensor] = []
+    if inputs.endswith("hx"):
+        cell = ref.cell_math[0]
+        lead = ref.num_layers * ref.num_directions
+        hx = [torch.randn(lead, B, n, generator=gen).requires_grad_() for n in cell.state_sizes]
+    with torch.no_grad():
+        out, state = ref(x, None if not hx else (tuple(hx) if len(hx) > 1 else hx[0]))
+    weights = [torch.randn(t.shape, generator=gen) for t in [out, *_parts(state)]]
+
+    out_r, state_r, grads_r = _run(ref, x, hx, lengths, 11, weights)
+    out_f, state_f, grads_f = _run(fu, x, hx, lengths, 11, weights)
+    torch.testing.assert_close(out_f, out_r, **OUT_TOL)
+    for a, b in zip(state_f, state_r, strict=True):
+        torch.testing.assert_close(a, b, **OUT_TOL)
+    assert grads_f.keys() == grads_r.keys()
+    for name, g in grads_r.items():
+        atol = GRAD_TOL * max(1.0, g.abs().max().item())
+        torch.testing.assert_close(grads_f[name], g, atol=atol, rtol=0.0, msg=f"gradient of {name}")
+
+    # Inference (no autograd graph, nothing saved for backward) gives the same numbers.
+    with torch.no_grad():
+        torch.manual_seed(11)
+        out_n, state_n = fu(x, None if not hx else (tuple(hx) if len(hx) > 1 else hx[0]), lengths)
+    assert torch.equal(out_n, out_f)
+    for a, b in zip(_parts(state_n), state_f, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fused_matches_reference_with_parallel_pointwise_passes():
+    """Sizes where the pointwise passes are split across 2 threads in the middle of a row."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for cls, options in [
+            (lstmkit.LSTM, {"peephole": True, "proj_size": 150}),
+            (lstmkit.GRU, {"reset_after": False}),
+            (lstmkit.RNN, {}),
+        ]:
+            ref = cls(5, 260, backend="reference", zoneout=0.2, recurrent_dropout=0.2, **options)
+            fu = cls(5, 260, backend="fused", zoneout=0.2, recurrent_dropout=0.2, **options)
+            fu.load_state_dict(ref.state_dict())
+            x = torch.randn(3, 17, 5, requires_grad=True)
+            lengths = torch.tensor([3, 1] * 8 + [0])
+            results = []
+            for m in (ref, fu):
+                x.grad = None
+                torch.manual_seed(2)
+                out, state = m(x, lengths=lengths)
+                (out.square().sum() + _parts(state)[-1].sum()).backward()
+                results.append((out.detach(), x.grad.clone(), m.weight_hh_l0.grad.clone()))
+                m.zero_grad()
+            for a, b in zip(*results, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- gradcheck
+def _gradcheck(module, *, lengths, with_hx, seed):
+    module = module.double()
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    gen = torch.Generator().manual_seed(3)
+    steps, batch = 3, len(lengths) if lengths is not None else 2
+    x = torch.randn(steps, batch, module.input_size, generator=gen).double().requires_grad_()
+    hx_parts = []
+    if with_hx:
+        lead = module.num_layers * module.num_directions
+        hx_parts = [
+            torch.randn(lead, batch, n, generator=gen).double().requires_grad_()
+            for n in module.cell_math[0].state_sizes
+        ]
+    n_hx = len(hx_parts)
+    lens = None if lengths is None else torch.tensor(lengths)
+
+    def f(x, *rest):
+        torch.manual_seed(seed)
+        hx = None if not n_hx else (tuple(rest[:n_hx]) if n_hx > 1 else rest[0])
+        p = dict(zip(names, rest[n_hx:], strict=True))
+        out, state = functional_call(module, p, (x, hx), {"lengths": lens})
+        return (out, *_parts(state))
+
+    assert gradcheck(f, (x, *hx_parts, *params), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradcheck_fused_training(variant):
+    """Training mode: recurrent dropout, weight drop, input dropout, zoneout masks; lengths with
+    a zero; a given initial state."""
+    cls, options = VARIANTS[variant]
+    module = cls(
+        2,
+        4,
+        backend="fused",
+        **options,
+        **_regularisation("train", cls, 1),
+        dtype=torch.float64,
+    ).train()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-0.8, 0.8)
+    _gradcheck(module, lengths=[3, 0, 2], with_hx=True, seed=5)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradcheck_fused_eval_bidirectional(variant):
+    """Evaluation mode with zoneout's expectation, bidirectional, learned initial state."""
+    cls, options = VARIANTS[variant]
+    module = cls(
+        2,
+        4,
+        backend="fused",
+        bidirectional=True,
+        learn_initial_state=True,
+        zoneout=0.4,
+        **options,
+        dtype=torch.float64,
+    ).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-0.8, 0.8)
+    _gradcheck(module, lengths=None, with_hx=False, seed=0)
+
+
+# --------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("variant", ["lstm_all", "gru", "gru_reset_before", "rnn_relu"])
+def test_two_identical_calls_are_bitwise_identical(variant):
+    cls, options = VARIANTS[variant]
+    module = cls(I, 8, num_layers=2, backend="fused", zoneout=0.1, recurrent_dropout=0.2, **options)
+    x = torch.randn(T, B, I, requires_grad=True)
+    lengths = torch.tensor(LENGTHS)
+    results = []
+    for _ in range(2):
+        x.grad = None
+        module.zero_grad()
+        torch.manual_seed(4)
+        out, state = module(x, lengths=lengths)
+        (out.sum() + sum(s.square().sum() for s in _parts(state))).backward()
+        grads = [p.grad.clone() for p in module.parameters()]
+        results.append([out.detach(), *(s.detach() for s in _parts(state)), x.grad.clone(), *grads])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- backend choice
+def _cell_and_input(dtype=torch.float32, **kwargs):
+    m = lstmkit.LSTM(I, H, dtype=dtype, **kwargs)
+    return m.cell_math[0], torch.randn(T, B, I, dtype=dtype)
+
+
+def test_supports():
+    reg = backends.Regularisation()
+    x = torch.randn(T, B, I)
+    for module in (
+        lstmkit.LSTM(I, H, peephole=True, proj_size=2, layer_norm=True),
+        lstmkit.GRU(I, H, reset_after=False, layer_norm=True),
+        lstmkit.RNN(I, H, nonlinearity="relu"),
+    ):
+        cell = module.cell_math[0]
+        assert fused.supports(cell, reg, x)
+        assert fused.supports(cell, reg, x.double())
+        assert not fused.supports(cell, reg, x.bfloat16())  # not yet
+
+    class MyMath(lstmkit.cells.LSTMMath):  # a user's own step: the kernels do not know it
+        pass
+
+    assert not fused.supports(MyMath(I, H), reg, x)
+
+
+def test_resolve():
+    assert backends.resolve("fused") is fused.scan
+    assert backends.resolve("reference") is backends.reference_scan
+    assert backends.resolve("auto") is backends.auto_scan
+    assert "fused" in backends.BACKENDS
+
+
+def test_auto_uses_fused_where_supported(monkeypatch):
+    calls = []
+    real = fused.scan
+
+    def spy(*args):
+        calls.append(type(args[0]).__name__)
+        return real(*args)
+
+    monkeypatch.setattr(fused, "scan", spy)
+    x = torch.randn(T, B, I)
+    lstmkit.LSTM(I, H, peephole=True, layer_norm=True)(x)
+    lstmkit.GRU(I, H, reset_after=False)(x)
+    lstmkit.RNN(I, H, nonlinearity="relu")(x)
+    assert calls == ["LSTMMath", "GRUMath", "RNNMath"]
+    calls.clear()
+    bf16 = lstmkit.LSTM(I, H, dtype=torch.bfloat16)
+    out_auto, _ = bf16(x.bfloat16())  # bfloat16 is not fused yet: the reference loop runs it
+    assert calls == []
+    ref = lstmkit.LSTM(I, H, dtype=torch.bfloat16, backend="reference")
+    ref.load_state_dict(bf16.state_dict())
+    assert torch.equal(ref(x.bfloat16())[0], out_auto)
+
+
+def test_explicit_fused_rejects_unsupported_configuration():
+    m = lstmkit.LSTM(I, H, backend="fused", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"backend='fused' does not support dtype torch.bfloat16"):
+        m(torch.randn(T, B, I, dtype=torch.bfloat16))
+
+
+def test_without_extension_auto_warns_once_and_fused_says_how_to_build(monkeypatch):
+    monkeypatch.setattr(fused, "_C", None)
+    monkeypatch.setattr(fused, "_IMPORT_ERROR", ImportError("no module named lstmkit._C"))
+    monkeypatch.setattr(backends, "_fallback_warned", False)
+    x = torch.randn(T, B, I)
+    ref = lstmkit.LSTM(I, H, backend="reference")
+    auto = lstmkit.LSTM(I, H)
+    auto.load_state_dict(ref.state_dict())
+    with pytest.warns(
+        RuntimeWarning, match=r"reference loop because the fused backend is not built.*make"
+    ):
+        out, _ = auto(x)
+    assert torch.equal(out, ref(x)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto(x)  # once per process: no second warning
+        lstmkit.GRU(I, H)(x)
+    with pytest.raises(ImportError, match=r"backend='fused' is not available.*make"):
+        lstmkit.LSTM(I, H, backend="fused")(x)
