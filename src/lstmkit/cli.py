@@ -14,7 +14,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a short, real tour of the layers (about 2 minutes)")
-    demo.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    demo.add_argument("--steps", type=int, default=1200, help="training steps per model")
     demo.add_argument("--seq-len", type=int, default=50, help="adding-problem length T")
     demo.add_argument("--hidden", type=int, default=64, help="hidden size of every model")
     demo.add_argument("--seed", type=int, default=0)

@@ -72,7 +72,7 @@ def train_adding(
 
 def run(
     *,
-    steps: int = 1500,
+    steps: int = 1200,
     T: int = 50,
     hidden: int = 64,
     seed: int = 0,
