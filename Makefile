@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python -m lstmkit demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -30,3 +30,8 @@ test: $(STAMP) lint typecheck
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+
+# The benchmark suite (docs/benchmarks.md): ~20 minutes on 2 cores; results in benchmarks/results/.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run

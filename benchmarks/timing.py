@@ -1,0 +1,153 @@
+"""The timer and the peak-memory probe.
+
+Timing: the first call is a warm-up run under ``torch.profiler`` (for the memory figure). Unless
+it took more than ``2 * warmup_s``, more warm-up calls follow until ``warmup_s`` has passed. Then
+samples are taken until there are at least ``min_repeats`` and ``min_time_s`` has passed (at
+most ``max_repeats``). A call shorter than ``sample_s`` is repeated ``inner`` times per sample
+and the sample divided by ``inner``. Python's garbage collector is off while sampling.
+
+Memory: the peak, during that first call, of the bytes allocated through torch's CPU allocator
+above what was allocated when the call began (the running sum of the profiler's ``[memory]``
+events). It sees every tensor that ATen, autograd, torch's RNN implementations and the fused
+extension allocate; it does not see memory that libraries allocate on their own (onnxruntime's
+arena, oneDNN or BLAS scratch outside torch's allocator, Python objects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TimerConfig:
+    warmup_s: float = 0.2
+    min_repeats: int = 3
+    max_repeats: int = 15
+    min_time_s: float = 0.5
+    sample_s: float = 0.005
+    memory: bool = True
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float]
+    inner: int
+    warmup: int
+    peak_bytes: int | None
+    memory_note: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples_ms)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.samples_ms)
+
+
+# The profiler's own log lines, and its warning that a block allocated before it started was
+# freed during it (that free is then not counted: the peak can only be overstated by it).
+_PROFILER_NOISE = (
+    "profiler_start",
+    "profiler_stop",
+    "daemon config",
+    "allocated before the profiling started",
+)
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Hide the profiler's own log lines (``USDT: ... profiler_start``) that kineto writes to
+    file descriptor 2; any other line written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if any(k in line for k in _PROFILER_NOISE):
+                    continue
+                print(line, file=sys.stderr)
+
+
+def peak_memory(fn: Callable[[], object]) -> tuple[int | None, str]:
+    """Run ``fn`` once under the profiler; return the peak of torch's allocations during it
+    (bytes above the start), or ``None`` and why not."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError as err:  # pragma: no cover - torch always has it
+        fn()
+        return None, f"torch.profiler unavailable ({err})"
+    with _filtered_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        fn()
+    try:
+        events = [e for e in p.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except (AttributeError, RuntimeError) as err:
+        return None, f"profiler memory events unavailable ({err})"
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak, ""
+
+
+def measure(fn: Callable[[], object], cfg: TimerConfig) -> Timing:
+    """Warm up, sample and time ``fn`` as described in the module docstring."""
+    gc.collect()
+    warmup = 1
+    start = time.perf_counter()
+    if cfg.memory:
+        peak, note = peak_memory(fn)
+    else:
+        fn()
+        peak, note = None, "not measured (--no-memory)"
+    first = time.perf_counter() - start
+    inner = 1
+    if first < max(2 * cfg.warmup_s, cfg.sample_s):
+        # Cheap enough for a warm-up outside the profiler, which also calibrates ``inner``.
+        start = time.perf_counter()
+        fn()
+        one = time.perf_counter() - start
+        warmup += 1
+        if one < cfg.sample_s:
+            inner = min(10_000, math.ceil(cfg.sample_s / max(one, 1e-7)))
+    while time.perf_counter() - start < cfg.warmup_s and warmup < 1000:
+        for _ in range(inner):
+            fn()
+        warmup += inner
+
+    samples: list[float] = []
+    gc.disable()
+    try:
+        t_begin = time.perf_counter()
+        while len(samples) < cfg.min_repeats or (
+            len(samples) < cfg.max_repeats and time.perf_counter() - t_begin < cfg.min_time_s
+        ):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e3 / inner)
+    finally:
+        gc.enable()
+    return Timing(samples, inner, warmup, peak, note)
