@@ -17,4 +17,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &lstmkit::gru_backward, "Fused GRU scan, backward", no_gil);
   m.def("rnn_forward", &lstmkit::rnn_forward, "Fused RNN scan, forward", no_gil);
   m.def("rnn_backward", &lstmkit::rnn_backward, "Fused RNN scan, backward", no_gil);
+  py::class_<lstmkit::StepKernel>(m, "StepKernel", "One streaming time step (step.cpp)")
+      .def(py::init<const std::string&, const std::vector<std::vector<at::Tensor>>&,
+                    const std::vector<std::vector<int64_t>>&,
+                    const std::vector<std::optional<at::Tensor>>&,
+                    const std::vector<std::map<std::string, at::Tensor>>&,
+                    const std::vector<int64_t>&, const at::Tensor&,
+                    const std::optional<at::Tensor>&, bool, bool, bool, bool, double, double,
+                    double>())
+      .def("step", &lstmkit::StepKernel::step, "One step: x (B, I) -> out (B, P)", no_gil);
 }

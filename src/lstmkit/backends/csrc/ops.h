@@ -82,3 +82,37 @@ std::vector<Tensor> rnn_backward(const Tensor& gy, const Tensor& gh, const Tenso
                                  const OptTensor& rstd_hh, bool need_dx);
 
 }  // namespace lstmkit
+
+// ---- Streaming step (step.cpp), used by lstmkit/streaming.py ---------------------------------
+#include <map>
+#include <memory>
+#include <string>
+
+namespace lstmkit {
+
+// One time step of a unidirectional stack for B streams, in evaluation semantics, on buffers
+// allocated once. Built from per-layer gate "slots" (H-row weight blocks, each reading a column
+// range of [x | h]), optional second matrices (the LSTM projection W_hr, the GRU's W_hn with
+// reset_after=false) and vectors ("bias", "b_hn", "peephole", "ln_ih", "ln_hh",
+// "ln_cell_weight", "ln_cell_bias"); it packs copies of them. h (L, B, P) and, for the LSTM,
+// c (L, B, H) are the state buffers, updated in place by step. step(x, out) returns false
+// without touching anything when x (B, I) or out (B, P) has the wrong shape, dtype or device.
+// (Hidden visibility, as pybind11's own types, which the Python binding of this class derives
+// from: otherwise GCC warns that the binding is more visible than its base.)
+class __attribute__((visibility("hidden"))) StepKernel {
+ public:
+  StepKernel(const std::string& family, const std::vector<std::vector<Tensor>>& slots,
+             const std::vector<std::vector<int64_t>>& slot_k0, const std::vector<OptTensor>& second,
+             const std::vector<std::map<std::string, Tensor>>& vectors,
+             const std::vector<int64_t>& input_sizes, const Tensor& h, const OptTensor& c,
+             bool coupled, bool reset_after, bool relu, bool residual, double cell_clip,
+             double zoneout_h, double zoneout_c);
+  ~StepKernel();
+  bool step(const Tensor& x, const Tensor& out);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lstmkit
