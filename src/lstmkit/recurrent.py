@@ -94,6 +94,7 @@ def run_direction(
     rates: Rates = Rates(),
     training: bool = False,
     backend: str = "auto",
+    recompute: bool = False,
 ) -> tuple[Tensor, State]:
     """Run one layer in one direction over ``x`` ``(T, B, input)``.
 
@@ -111,7 +112,7 @@ def run_direction(
         x = x * input_mask
     if reverse:
         x = reverse_padded(x, lengths)
-    scan = resolve(backend)
+    scan = resolve(backend, recompute=recompute)
     y, final = scan(cell, p, x, state, valid, reg)
     if reverse:
         y = reverse_padded(y, lengths)

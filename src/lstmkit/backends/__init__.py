@@ -9,6 +9,7 @@ otherwise.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -46,18 +47,24 @@ def auto_scan(
     state: State,
     valid: Tensor | None,
     reg: Regularisation,
+    *,
+    recompute: bool = False,
 ) -> tuple[Tensor, State]:
     """The ``'auto'`` backend: :func:`fused.scan <lstmkit.backends.fused.scan>` where the
     extension is built and supports the configuration, else the reference loop."""
     if not fused.available():
         _warn_fallback_once()
     elif fused.supports(cell, reg, x) and fused.params_match(p, state, x):
-        return fused.scan(cell, p, x, state, valid, reg)
+        return fused.scan(cell, p, x, state, valid, reg, recompute=recompute)
     return reference_scan(cell, p, x, state, valid, reg)
 
 
-def resolve(name: str) -> Callable:
+def resolve(name: str, *, recompute: bool = False) -> Callable:
     """The scan function for backend ``name`` (one of :data:`BACKENDS`).
+
+    ``recompute=True`` (the layers' option of that name) binds ``recompute`` to the fused scan:
+    it saves only the states for backward and recomputes the rest there. The reference loop
+    ignores it: autograd keeps what its operations save.
 
     ``'fused'`` raises ``ImportError`` (saying how to build it) when the extension is missing.
     """
@@ -67,8 +74,8 @@ def resolve(name: str) -> Callable:
     if name == "fused":
         if not fused.available():
             fused._require()
-        return fused.scan
-    return auto_scan
+        return functools.partial(fused.scan, recompute=True) if recompute else fused.scan
+    return functools.partial(auto_scan, recompute=True) if recompute else auto_scan
 
 
 __all__ = ["BACKENDS", "Regularisation", "auto_scan", "resolve"]

@@ -1,18 +1,44 @@
 """The fused backend: one C++ kernel per family with a hand-written backward through time.
 
-Forward, per layer and direction: one GEMM projects the input of every time step, then each step
-is one recurrent GEMM plus one pass over memory that does all the pointwise work (gates,
-peepholes, CIFG, cell clipping, zoneout, length masking), in parallel over batch rows and hidden
-units. Backward walks time in reverse with hand-written gate gradients and finishes with a few
-large GEMMs for the weight and input gradients. With ``layer_norm=True`` the normalisations
-(ATen's layer-norm kernels, forward and backward) sit between the GEMMs and the pointwise passes.
-The formulas are in the comments of ``csrc/*.cpp``.
+Forward, per layer and direction: the input of every step is projected by one product (in
+chunks of steps without autograd), then each step is one recurrent product followed by one pass
+that does all the pointwise work (gates, peepholes, CIFG, cell clipping, layer norm, zoneout)
+on data still in cache. Backward walks time in reverse with hand-written gate gradients and
+finishes with a few large products for the weight and input gradients. The products are the
+extension's own packed, register-blocked kernels (weights packed once per call); the math is
+in the comments of ``csrc/*.cpp``, the engine in ``csrc/gemm.h``.
 
 Implemented: LSTM (peephole, coupled_gates, cell_clip, proj_size, layer_norm, no bias), GRU
 (reset_after True and False, layer_norm, no bias), RNN (tanh, relu, layer_norm, no bias); every
 regularisation of :mod:`lstmkit.recurrent` (recurrent dropout, zoneout in training and at
-evaluation; weight drop and input dropout arrive already applied); lengths, by masking: a step
-past a sequence's length still costs its share of the GEMM. float32 and float64 on the CPU.
+evaluation; weight drop and input dropout arrive already applied); float32, float64 and
+bfloat16 on the CPU.
+
+Lengths: the batch is sorted by length once per call (descending, stable) and the rows of each
+step packed as a ``PackedSequence`` packs them, so that step t's products and pointwise work
+cover only the ``batch_sizes[t]`` sequences still running; the results are put back in the
+caller's order. The same numbers as masking every step (what the reference loop does). A
+``valid`` mask that is not a prefix of every sequence (never built by lstmkit's layers) goes to
+the reference loop.
+
+Threads: with a batch of at least 8 rows per intra-op thread each thread runs its own share
+of the sequences (rows ``b = k mod threads``) with no synchronisation; smaller batches split
+each step's units over the threads, which meet once or twice per step. Results do not depend
+on the thread count except through ATen's reductions (bias and layer-norm gain gradients);
+the same input and thread count give bitwise the same output.
+
+bfloat16: inputs, weights and outputs in bfloat16; the products multiply bfloat16 and
+accumulate in float32 (AVX512-BF16's vdpbf16ps where the CPU has it, else float32 products),
+and everything between them -- the gate pre-activations, the cell state, the pointwise math,
+the gradients flowing back through time -- is float32, rounded to bfloat16 only where a
+product reads it (the next step's h, the gate gradients) and at the outputs. This is closer to
+float32 than the reference loop, which rounds after every operation.
+
+``recompute=True`` (a layer option, bound by :func:`lstmkit.backends.resolve`): forward saves
+only the states of every step (h, and c for the LSTM); backward first replays the steps from
+them -- independent of each other, so in parallel over time -- with the same code, so the
+gradients are bitwise those of a saving forward, for the activation memory of the gates
+(4 H per row for the LSTM) and the layer-norm statistics.
 
 The kernels live in the extension module ``lstmkit._C``, compiled when lstmkit is installed
 (``setup.py``); it is never compiled at import time. :func:`available` says whether it could be
@@ -41,7 +67,7 @@ BUILD_HINT = (
     "`pip install --no-build-isolation -e .`) with a C++ compiler (g++) available"
 )
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _load() -> tuple[ModuleType | None, ImportError | None]:
@@ -90,190 +116,139 @@ def params_match(p: Params, state: State, x: Tensor) -> bool:
     return all(t.dtype == x.dtype and t.device == x.device for t in (*p.values(), *state))
 
 
-# ----------------------------------------------------------------------------- regularisation
-@dataclass(frozen=True)
-class _Carry:
-    """Zoneout of each state component as the kernels take it: a per-step keep mask where one
-    was drawn (training), else a constant keep value (the rate at evaluation, 0 without zoneout);
-    and the ``(T, B)`` validity mask or ``None``."""
-
-    rates: tuple[float, ...]
-    masks: tuple[Tensor | None, ...]
-    valid: Tensor | None
-
-
-def _carry(reg: Regularisation, valid: Tensor | None, n_state: int, T: int, B: int) -> _Carry:
-    rates = reg.zoneout if reg.zoneout is not None else (0.0,) * n_state
-    masks = reg.zoneout_masks if reg.zoneout_masks is not None else (None,) * n_state
-    valid2 = None if valid is None else valid.reshape(T, B).to(torch.bool).contiguous()
-    return _Carry(tuple(float(r) for r in rates), tuple(masks), valid2)
-
-
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+# ----------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class _Layout:
+    """Variable lengths as the kernels take them: the batch sorted by length (descending), the
+    rows of every step packed (``batch_sizes[t]`` rows at step t, as a PackedSequence), and the
+    indices that gather the packed rows from ``(T * B)`` and put the batch back in order."""
+
+    batch_sizes: Tensor  # (T,) int64
+    order: Tensor  # (B,) sorted position -> batch index
+    inverse: Tensor  # (B,) batch index -> sorted position
+    rows: Tensor  # (N,) packed row -> t * B + order[b]
+
+
+def _layout(valid: Tensor | None, T: int, B: int) -> _Layout | bool | None:
+    """``None`` without lengths; ``False`` where ``valid`` is not a prefix mask per sequence
+    (not what lstmkit's layers build; the kernels need lengths)."""
+    if valid is None:
+        return None
+    v = valid.reshape(T, B).to(torch.bool)
+    lengths = v.sum(0)
+    steps = torch.arange(T, device=v.device)
+    if not torch.equal(v, steps[:, None] < lengths[None, :]):
+        return False
+    order = torch.argsort(lengths, descending=True, stable=True)
+    active = steps[:, None] < lengths.index_select(0, order)[None, :]  # (T, B), sorted order
+    t_idx, b_idx = active.nonzero(as_tuple=True)
+    rows = t_idx * B + order.index_select(0, b_idx)
+    return _Layout(active.sum(1), order, torch.argsort(order), rows)
+
+
+def _pack(t: Tensor | None, lay: _Layout | None) -> Tensor | None:
+    """``(T, B, *)`` -> the packed rows ``(N, *)`` in sorted order (autograd-aware)."""
+    if t is None or lay is None:
+        return t
+    return t.reshape(-1, *t.shape[2:]).index_select(0, lay.rows)
+
+
+def _sort(t: Tensor | None, lay: _Layout | None) -> Tensor | None:
+    """``(B, *)`` -> sorted order."""
+    if t is None or lay is None:
+        return t
+    return t.index_select(0, lay.order)
+
+
+def _unpack(y: Tensor, lay: _Layout, T: int, B: int) -> Tensor:
+    """The packed rows ``(N, F)`` back to ``(T, B, F)`` with zeros past each length."""
+    out = y.new_zeros(T * B, y.shape[-1]).index_copy(0, lay.rows, y)
+    return out.view(T, B, y.shape[-1])
+
+
 # ----------------------------------------------------------------------------- autograd
-def _lstm_forward(
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    params: tuple[Tensor | None, ...],
-    masks: tuple[Tensor | None, ...],
-    opts: tuple[float, float, float, bool],
-    save: bool,
-) -> list[Tensor]:
-    """``lstmkit._C.lstm_forward`` with the arguments grouped: params are (weight_ih, weight_hh,
-    bias_ih, bias_hh, weight_peephole, weight_hr, ln_ih, ln_hh, ln_cell weight and bias), masks
-    (h_mask, valid, zoneout h, zoneout c), opts (rate_h, rate_c, cell_clip or 0, coupled)."""
-    w_ih, w_hh, b_ih, b_hh, w_peep, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b = params
-    out: list[Tensor] = _C.lstm_forward(  # type: ignore[union-attr]
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peep, w_hr, *masks, *opts,
-        ln_ih, ln_hh, ln_c_w, ln_c_b, save,
-    )  # fmt: skip
+_INFERENCE, _SAVE, _STATES = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What a scan passes to the kernels besides tensors."""
+
+    family: str  # "lstm", "gru" or "rnn"
+    n_state: int
+    n_params: int
+    batch_sizes: Tensor | None
+    opts: tuple[float | bool, ...]  # the family's options: rate_h (and rate_c) first
+    mode: int
+
+
+def _forward(meta: _Meta, x: Tensor, states: list, params: list, masks: list, mode: int) -> list:
+    fn = getattr(_C, f"{meta.family}_forward")
+    out: list[Tensor] = fn(x, *states, params, masks, meta.batch_sizes, *meta.opts, mode)
     return out
 
 
-class _LSTMScan(torch.autograd.Function):
+class _Scan(torch.autograd.Function):
+    """One scan of a family: inputs (x, *states, *params, *masks), outputs (y, *final states)."""
+
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        opts: tuple[float, float, float, bool],
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor,
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        w_peep: Tensor | None,
-        w_hr: Tensor | None,
-        ln_ih: Tensor | None,
-        ln_hh: Tensor | None,
-        ln_c_w: Tensor | None,
-        ln_c_b: Tensor | None,
-        h_mask: Tensor | None,
-        valid: Tensor | None,
-        zo_h: Tensor | None,
-        zo_c: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        params = (w_ih, w_hh, b_ih, b_hh, w_peep, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b)
-        masks = (h_mask, valid, zo_h, zo_c)
-        y, h_n, c_n, *saved = _lstm_forward(x, h0, c0, params, masks, opts, save=True)
-        ctx.opts = opts
-        ctx.has_bias = b_ih is not None
-        ctx.save_for_backward(
-            x, w_ih, w_hh, w_peep, w_hr, h_mask, valid, zo_h, zo_c, ln_ih, ln_hh, ln_c_w, ln_c_b,
-            *saved,
-        )  # fmt: skip
-        return y, h_n, c_n
+    def forward(ctx: Any, meta: _Meta, *args: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
+        k, n = meta.n_state, meta.n_params
+        x, states = args[0], list(args[1 : 1 + k])
+        params, masks = list(args[1 + k : 1 + k + n]), list(args[1 + k + n :])
+        out = _forward(meta, x, states, params, masks, meta.mode)  # type: ignore[arg-type]
+        y, finals, saved = out[0], out[1 : 1 + k], out[1 + k :]
+        if meta.family == "lstm":  # backward reads c' of the rows whose sequences ended
+            saved = [*saved, finals[-1]]
+        ctx.meta = meta
+        ctx.n_saved = len(saved)
+        ctx.save_for_backward(*args, *saved)
+        return (y, *(f.to(s.dtype) for f, s in zip(finals, states, strict=True)))  # type: ignore[union-attr]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, gy: Tensor, gh: Tensor, gc: Tensor) -> tuple[Tensor | None, ...]:
-        x, w_ih, w_hh, w_peep, w_hr, h_mask, valid, zo_h, zo_c, *rest = ctx.saved_tensors
-        ln, saved = rest[:4], rest[4:]
-        rate_h, rate_c, clip, coupled = ctx.opts
-        grads = _C.lstm_backward(  # type: ignore[union-attr]
-            gy, gh, gc, x, w_ih, w_hh, ctx.has_bias, w_peep, w_hr, h_mask, valid, zo_h, zo_c,
-            rate_h, rate_c, clip, coupled, *ln, *saved, ctx.needs_input_grad[1],
+    def backward(ctx: Any, gy: Tensor, *g_states: Tensor) -> tuple[Tensor | None, ...]:
+        meta: _Meta = ctx.meta
+        k, n = meta.n_state, meta.n_params
+        tensors = ctx.saved_tensors
+        args, saved = tensors[: len(tensors) - ctx.n_saved], tensors[len(tensors) - ctx.n_saved :]
+        x, states = args[0], list(args[1 : 1 + k])
+        params, masks = list(args[1 + k : 1 + k + n]), list(args[1 + k + n :])
+        fn = getattr(_C, f"{meta.family}_backward")
+        grads = fn(
+            gy, *g_states, x, *states, params, masks, meta.batch_sizes, *meta.opts, list(saved),
+            ctx.needs_input_grad[1],
         )  # fmt: skip
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr, *d_ln = grads
-        return (None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr, *d_ln, *(None,) * 4)
-
-
-class _GRUScan(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        opts: tuple[float, bool],
-        x: Tensor,
-        h0: Tensor,
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        ln_ih: Tensor | None,
-        ln_hh: Tensor | None,
-        h_mask: Tensor | None,
-        valid: Tensor | None,
-        zo_h: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        rate_h, reset_after = opts
-        y, h_n, *saved = _C.gru_forward(  # type: ignore[union-attr]
-            x,
-            h0,
-            w_ih,
-            w_hh,
-            b_ih,
-            b_hh,
-            h_mask,
-            valid,
-            zo_h,
-            rate_h,
-            reset_after,
-            ln_ih,
-            ln_hh,
-            True,
-        )
-        ctx.opts = opts
-        ctx.has_bias = b_ih is not None
-        ctx.save_for_backward(x, w_ih, w_hh, h_mask, valid, zo_h, ln_ih, ln_hh, *saved)
-        return y, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, gy: Tensor, gh: Tensor) -> tuple[Tensor | None, ...]:
-        x, w_ih, w_hh, h_mask, valid, zo_h, ln_ih, ln_hh, *saved = ctx.saved_tensors
-        rate_h, reset_after = ctx.opts
-        grads = _C.gru_backward(  # type: ignore[union-attr]
-            gy, gh, x, w_ih, w_hh, ctx.has_bias, h_mask, valid, zo_h, rate_h, reset_after,
-            ln_ih, ln_hh, *saved, ctx.needs_input_grad[1],
-        )  # fmt: skip
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d_ln_ih, d_ln_hh = grads
-        return (None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d_ln_ih, d_ln_hh, None, None, None)
-
-
-class _RNNScan(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        opts: tuple[float, bool],
-        x: Tensor,
-        h0: Tensor,
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        ln_ih: Tensor | None,
-        ln_hh: Tensor | None,
-        h_mask: Tensor | None,
-        valid: Tensor | None,
-        zo_h: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        rate_h, relu = opts
-        y, h_n, *saved = _C.rnn_forward(  # type: ignore[union-attr]
-            x, h0, w_ih, w_hh, b_ih, b_hh, h_mask, valid, zo_h, rate_h, relu, ln_ih, ln_hh, True
-        )
-        ctx.opts = opts
-        ctx.has_bias = b_ih is not None
-        ctx.save_for_backward(x, w_ih, w_hh, h_mask, valid, zo_h, ln_ih, ln_hh, *saved)
-        return y, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, gy: Tensor, gh: Tensor) -> tuple[Tensor | None, ...]:
-        x, w_ih, w_hh, h_mask, valid, zo_h, ln_ih, ln_hh, *saved = ctx.saved_tensors
-        rate_h, relu = ctx.opts
-        grads = _C.rnn_backward(  # type: ignore[union-attr]
-            gy, gh, x, w_ih, w_hh, ctx.has_bias, h_mask, valid, zo_h, rate_h, relu, ln_ih, ln_hh,
-            *saved, ctx.needs_input_grad[1],
-        )  # fmt: skip
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d_ln_ih, d_ln_hh = grads
-        return (None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d_ln_ih, d_ln_hh, None, None, None)
+        inputs = (x, *states, *params)
+        grads = [
+            g.to(i.dtype) if g is not None and i is not None and g.dtype != i.dtype else g
+            for g, i in zip(grads, inputs, strict=True)
+        ]
+        return (None, *grads, *(None,) * len(masks))
 
 
 # ----------------------------------------------------------------------------- scan
+def _family(cell: CellMath, p: Params, rates: tuple[float, ...]) -> tuple[str, list, tuple]:
+    """The kernel family, its parameters and its options (rates first)."""
+    ln = [p.get("ln_ih_weight"), p.get("ln_hh_weight")]
+    base = [p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")]
+    if isinstance(cell, LSTMMath):
+        params = [
+            *base[:4], p.get("weight_peephole"), p.get("weight_hr"), *ln,
+            p.get("ln_cell_weight"), p.get("ln_cell_bias"),
+        ]  # fmt: skip
+        clip = float(cell.cell_clip or 0.0)
+        return "lstm", params, (float(rates[0]), float(rates[1]), clip, cell.coupled_gates)
+    if isinstance(cell, GRUMath):
+        return "gru", [*base, *ln], (float(rates[0]), cell.reset_after)
+    assert isinstance(cell, RNNMath)
+    return "rnn", [*base, *ln], (float(rates[0]), cell.nonlinearity == "relu")
+
+
 def scan(
     cell: CellMath,
     p: Params,
@@ -281,9 +256,12 @@ def scan(
     state: State,
     valid: Tensor | None,
     reg: Regularisation,
+    *,
+    recompute: bool = False,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` left to right over ``x`` ``(T, B, input)``: the contract and the results of
-    :func:`lstmkit.backends.reference.scan`, computed by the fused kernels.
+    :func:`lstmkit.backends.reference.scan`, computed by the fused kernels. With ``recompute``
+    the backward recomputes the gate activations from the saved states (see the module).
 
     Raises ``ImportError`` if the extension is not built and ``ValueError`` for a configuration
     it does not implement (see :func:`supports`).
@@ -296,36 +274,26 @@ def scan(
             "to the reference loop for it) or backend='reference'"
         )
     T, B = x.shape[0], x.shape[1]
-    if T == 0 or B == 0:  # nothing to fuse
+    lay = _layout(valid, T, B) if T and B else False
+    if lay is False:  # nothing to fuse, or a mask that is not lengths
         return reference.scan(cell, p, x, state, valid, reg)
-    carry = _carry(reg, valid, len(state), T, B)
-    w_ih, w_hh = p["weight_ih"], p["weight_hh"]
-    b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
-    grad = _needs_grad(x, *state, *p.values())
-    ln = (p.get("ln_ih_weight"), p.get("ln_hh_weight"))
-    if isinstance(cell, LSTMMath):
-        h0, c0 = state
-        opts = (carry.rates[0], carry.rates[1], cell.cell_clip or 0.0, cell.coupled_gates)
-        params = (
-            w_ih, w_hh, b_ih, b_hh, p.get("weight_peephole"), p.get("weight_hr"), *ln,
-            p.get("ln_cell_weight"), p.get("ln_cell_bias"),
-        )  # fmt: skip
-        lstm_masks = (reg.h_mask, carry.valid, carry.masks[0], carry.masks[1])
-        if grad:
-            y, h_n, c_n = _LSTMScan.apply(opts, x, h0, c0, *params, *lstm_masks)
-        else:
-            y, h_n, c_n = _lstm_forward(x, h0, c0, params, lstm_masks, opts, save=False)
-        return y, (h_n, c_n)
-    (h0,) = state
-    masks = (reg.h_mask, carry.valid, carry.masks[0])
-    fn: type[torch.autograd.Function]
-    if isinstance(cell, GRUMath):
-        fn, forward, flag = _GRUScan, _C.gru_forward, cell.reset_after  # type: ignore[union-attr]
+    assert lay is None or isinstance(lay, _Layout)
+    n_state = len(state)
+    rates = reg.zoneout if reg.zoneout is not None else (0.0,) * n_state
+    zo = reg.zoneout_masks if reg.zoneout_masks is not None else (None,) * n_state
+    family, params, opts = _family(cell, p, rates)
+    states = [_sort(s, lay) for s in state]
+    masks = [_sort(reg.h_mask, lay), *(_pack(m, lay) for m in zo)]
+    xs = x if lay is None else x.reshape(T * B, -1).index_select(0, lay.rows)
+    batch_sizes = None if lay is None else lay.batch_sizes
+    if _needs_grad(x, *state, *p.values()):
+        mode = _STATES if recompute else _SAVE
+        meta = _Meta(family, n_state, len(params), batch_sizes, opts, mode)
+        y, *finals = _Scan.apply(meta, xs, *states, *params, *masks)
     else:
-        assert isinstance(cell, RNNMath)
-        fn, forward, flag = _RNNScan, _C.rnn_forward, cell.nonlinearity == "relu"  # type: ignore[union-attr]
-    if grad:
-        y, h_n = fn.apply((carry.rates[0], flag), x, h0, w_ih, w_hh, b_ih, b_hh, *ln, *masks)
-    else:
-        y, h_n = forward(x, h0, w_ih, w_hh, b_ih, b_hh, *masks, carry.rates[0], flag, *ln, False)
-    return y, (h_n,)
+        meta = _Meta(family, n_state, len(params), batch_sizes, opts, _INFERENCE)
+        y, *finals = _forward(meta, xs, states, params, masks, _INFERENCE)
+        finals = [f.to(x.dtype) for f in finals]
+    if lay is None:
+        return y.view(T, B, -1), tuple(finals)
+    return _unpack(y, lay, T, B), tuple(f.index_select(0, lay.inverse) for f in finals)

@@ -70,6 +70,7 @@ class _RecurrentBase(nn.Module):
         forget_bias: float | None,
         chrono_init: float | None,
         backend: str,
+        recompute: bool,
         device: Any,
         dtype: Any,
     ) -> None:
@@ -92,6 +93,7 @@ class _RecurrentBase(nn.Module):
         self.recurrent_dropout = _checks.probability("recurrent_dropout", recurrent_dropout)
         self.weight_drop = _checks.probability("weight_drop", weight_drop)
         self.backend = _checks.choice("backend", backend, BACKENDS)
+        self.recompute = _checks.boolean("recompute", recompute)
         if self.reverse and self.bidirectional:
             raise ValueError(
                 "reverse=True and bidirectional=True cannot be combined: a bidirectional layer "
@@ -411,6 +413,7 @@ class _RecurrentBase(nn.Module):
                     rates=rates,
                     training=training,
                     backend=self.backend,
+                    recompute=self.recompute,
                 )
                 outputs.append(y)
                 finals.append(final)
@@ -533,6 +536,7 @@ def _common_kwargs(  # the keyword options every family shares
     init: str,
     chrono_init: float | None,
     backend: str,
+    recompute: bool,
     device: Any,
     dtype: Any,
 ) -> dict[str, Any]:
@@ -548,6 +552,7 @@ def _common_kwargs(  # the keyword options every family shares
         init=init,
         chrono_init=chrono_init,
         backend=backend,
+        recompute=recompute,
         device=device,
         dtype=dtype,
     )
@@ -558,6 +563,11 @@ class LSTM(_RecurrentBase):
 
     The first eight arguments are those of ``torch.nn.LSTM`` in its order. The rest are keyword
     only; see ``docs/options.md`` for each with its reference and default.
+
+    ``recompute=True`` trades time for activation memory in training: the fused backend then
+    saves only the states of every step (h and c) for backward, which recomputes the gate
+    activations from them (bitwise the same gradients, about a forward's worth of extra work).
+    The reference backend ignores it: its autograd loop keeps every tensor autograd saves.
     """
 
     _torch_class = nn.LSTM
@@ -589,6 +599,7 @@ class LSTM(_RecurrentBase):
         forget_bias: float | None = None,
         chrono_init: float | None = None,
         backend: str = "auto",
+        recompute: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -628,6 +639,7 @@ class LSTM(_RecurrentBase):
                 init=init,
                 chrono_init=chrono_init,
                 backend=backend,
+                recompute=recompute,
                 device=device,
                 dtype=dtype,
             ),
@@ -648,7 +660,8 @@ class LSTM(_RecurrentBase):
 
 class GRU(_RecurrentBase):
     """Multi-layer GRU, drop-in for :class:`torch.nn.GRU`, with ``reset_after`` (the Cho et al.
-    2014 form when False), ``layer_norm`` and every layer-level variant of :class:`LSTM`."""
+    2014 form when False), ``layer_norm`` and every layer-level variant of :class:`LSTM`
+    (``recompute`` included: the fused backend then saves only the h of every step)."""
 
     _torch_class = nn.GRU
 
@@ -675,6 +688,7 @@ class GRU(_RecurrentBase):
         init: str = "default",
         chrono_init: float | None = None,
         backend: str = "auto",
+        recompute: bool = False,
         proj_size: int = 0,
         device: Any = None,
         dtype: Any = None,
@@ -712,6 +726,7 @@ class GRU(_RecurrentBase):
                 init=init,
                 chrono_init=chrono_init,
                 backend=backend,
+                recompute=recompute,
                 device=device,
                 dtype=dtype,
             ),
@@ -721,7 +736,8 @@ class GRU(_RecurrentBase):
 class RNN(_RecurrentBase):
     """Multi-layer Elman RNN, drop-in for :class:`torch.nn.RNN` (note ``nonlinearity`` is the
     fourth positional argument, as in torch), with ``layer_norm``, IRNN initialisation
-    (``init='identity'``) and every layer-level variant of :class:`LSTM`."""
+    (``init='identity'``) and every layer-level variant of :class:`LSTM` (``recompute``
+    included: the fused backend then saves only the h of every step)."""
 
     _torch_class = nn.RNN
 
@@ -748,6 +764,7 @@ class RNN(_RecurrentBase):
         init: str = "default",
         chrono_init: float | None = None,
         backend: str = "auto",
+        recompute: bool = False,
         proj_size: int = 0,
         device: Any = None,
         dtype: Any = None,
@@ -791,6 +808,7 @@ class RNN(_RecurrentBase):
                 init=init,
                 chrono_init=chrono_init,
                 backend=backend,
+                recompute=recompute,
                 device=device,
                 dtype=dtype,
             ),

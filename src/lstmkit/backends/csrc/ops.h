@@ -11,75 +11,58 @@
 namespace lstmkit {
 
 // LSTM with peepholes, CIFG (coupled_gates), cell clipping, projection and layer norm (see
-// lstm.cpp). Returns {y, h_T, c_T} and, with save, {gates, h_all, c_all, c_new, m_all, xw,
-// mean_ih, rstd_ih, raw_hh, mean_hh, rstd_hh, c_out, mean_c, rstd_c} (the last nine undefined
-// without layer norm).
+// lstm.cpp). x holds the rows of every step, packed: (T, B, I) without batch_sizes, else
+// (sum(batch_sizes), I) with the batch sorted by length (h0, c0 and the masks in that order).
+// params: {w_ih, w_hh, b_ih, b_hh, w_peep, w_hr, ln_ih, ln_hh, ln_cell_weight, ln_cell_bias};
+// masks: {h_mask (B, P), zoneout keep masks h (rows, P) and c (rows, H)}. mode 0: inference,
+// 1: save for backward, 2: save only the states (backward recomputes the rest). Returns
+// {y, h_T, c_T} and, with mode 1 or 2, 15 saved tensors for lstm_backward (which also takes
+// c_T as a 16th).
 std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                                 const OptTensor& b_hh, const OptTensor& w_peep,
-                                 const OptTensor& w_hr, const OptTensor& h_mask,
-                                 const OptTensor& valid, const OptTensor& zo_h,
-                                 const OptTensor& zo_c, double rate_h, double rate_c,
-                                 double cell_clip, bool coupled, const OptTensor& ln_ih,
-                                 const OptTensor& ln_hh, const OptTensor& ln_c_w,
-                                 const OptTensor& ln_c_b, bool save);
+                                 const std::vector<OptTensor>& params,
+                                 const std::vector<OptTensor>& masks,
+                                 const OptTensor& batch_sizes, double rate_h, double rate_c,
+                                 double cell_clip, bool coupled, int64_t mode);
 
 // Returns {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr, d ln_ih, d ln_hh,
 // d ln_cell_weight, d ln_cell_bias}.
-std::vector<Tensor> lstm_backward(
-    const Tensor& gy, const Tensor& gh, const Tensor& gc, const Tensor& x, const Tensor& w_ih,
-    const Tensor& w_hh, bool has_bias, const OptTensor& w_peep, const OptTensor& w_hr,
-    const OptTensor& h_mask, const OptTensor& valid, const OptTensor& zo_h,
-    const OptTensor& zo_c, double rate_h, double rate_c, double cell_clip, bool coupled,
-    const OptTensor& ln_ih, const OptTensor& ln_hh, const OptTensor& ln_c_w,
-    const OptTensor& ln_c_b, const Tensor& gates, const Tensor& h_all, const Tensor& c_all,
-    const Tensor& c_new, const OptTensor& m_all, const OptTensor& xw, const OptTensor& mean_ih,
-    const OptTensor& rstd_ih, const OptTensor& raw_hh, const OptTensor& mean_hh,
-    const OptTensor& rstd_hh, const OptTensor& c_out, const OptTensor& mean_c,
-    const OptTensor& rstd_c, bool need_dx);
+std::vector<Tensor> lstm_backward(const Tensor& gy, const Tensor& gh, const Tensor& gc,
+                                  const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                  const std::vector<OptTensor>& params,
+                                  const std::vector<OptTensor>& masks,
+                                  const OptTensor& batch_sizes, double rate_h, double rate_c,
+                                  double cell_clip, bool coupled,
+                                  const std::vector<OptTensor>& saved, bool need_dx);
 
 // GRU, reset_after true (torch/cuDNN) or false (Cho et al. 2014), optional layer norm (see
-// gru.cpp). Returns {y, h_T} and, with save, {gates, h_all, extra, xw, mean_ih, rstd_ih,
-// raw_hh, mean_hh, rstd_hh, raw_n, mean_n, rstd_n} (extra: u_n or r * h; the layer-norm ones
-// undefined without it, the _n ones also with reset_after).
-std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
-                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                const OptTensor& h_mask, const OptTensor& valid,
-                                const OptTensor& zo_h, double rate_h, bool reset_after,
-                                const OptTensor& ln_ih, const OptTensor& ln_hh, bool save);
+// gru.cpp). x, batch_sizes, masks {h_mask, zoneout keep mask} and mode as lstm_forward;
+// params: {w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh}. Returns {y, h_T} and, with mode 1 or 2, 13
+// saved tensors for gru_backward.
+std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& h0,
+                                const std::vector<OptTensor>& params,
+                                const std::vector<OptTensor>& masks, const OptTensor& batch_sizes,
+                                double rate_h, bool reset_after, int64_t mode);
 
 // Returns {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d ln_ih, d ln_hh}.
 std::vector<Tensor> gru_backward(const Tensor& gy, const Tensor& gh, const Tensor& x,
-                                 const Tensor& w_ih, const Tensor& w_hh, bool has_bias,
-                                 const OptTensor& h_mask, const OptTensor& valid,
-                                 const OptTensor& zo_h, double rate_h, bool reset_after,
-                                 const OptTensor& ln_ih, const OptTensor& ln_hh,
-                                 const Tensor& gates, const Tensor& h_all, const Tensor& extra,
-                                 const OptTensor& xw, const OptTensor& mean_ih,
-                                 const OptTensor& rstd_ih, const OptTensor& raw_hh,
-                                 const OptTensor& mean_hh, const OptTensor& rstd_hh,
-                                 const OptTensor& raw_n, const OptTensor& mean_n,
-                                 const OptTensor& rstd_n, bool need_dx);
+                                 const Tensor& h0, const std::vector<OptTensor>& params,
+                                 const std::vector<OptTensor>& masks,
+                                 const OptTensor& batch_sizes, double rate_h, bool reset_after,
+                                 const std::vector<OptTensor>& saved, bool need_dx);
 
-// Elman RNN with tanh or relu, optional layer norm (see rnn.cpp). Returns {y, h_T} and, with
-// save, {act, h_all, xw, mean_ih, rstd_ih, u_raw, mean_hh, rstd_hh} (the last six undefined
-// without layer norm).
-std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
-                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                                const OptTensor& h_mask, const OptTensor& valid,
-                                const OptTensor& zo_h, double rate_h, bool relu,
-                                const OptTensor& ln_ih, const OptTensor& ln_hh, bool save);
+// Elman RNN with tanh or relu, optional layer norm (see rnn.cpp); arguments as gru_forward.
+// Returns {y, h_T} and, with mode 1 or 2, 9 saved tensors for rnn_backward.
+std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& h0,
+                                const std::vector<OptTensor>& params,
+                                const std::vector<OptTensor>& masks, const OptTensor& batch_sizes,
+                                double rate_h, bool relu, int64_t mode);
 
 // Returns {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d ln_ih, d ln_hh}.
 std::vector<Tensor> rnn_backward(const Tensor& gy, const Tensor& gh, const Tensor& x,
-                                 const Tensor& w_ih, const Tensor& w_hh, bool has_bias,
-                                 const OptTensor& h_mask, const OptTensor& valid,
-                                 const OptTensor& zo_h, double rate_h, bool relu,
-                                 const OptTensor& ln_ih, const OptTensor& ln_hh,
-                                 const Tensor& act, const Tensor& h_all, const OptTensor& xw,
-                                 const OptTensor& mean_ih, const OptTensor& rstd_ih,
-                                 const OptTensor& u_raw, const OptTensor& mean_hh,
-                                 const OptTensor& rstd_hh, bool need_dx);
+                                 const Tensor& h0, const std::vector<OptTensor>& params,
+                                 const std::vector<OptTensor>& masks,
+                                 const OptTensor& batch_sizes, double rate_h, bool relu,
+                                 const std::vector<OptTensor>& saved, bool need_dx);
 
 }  // namespace lstmkit
 
