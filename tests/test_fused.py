@@ -203,7 +203,8 @@ def test_fused_matches_reference_on_two_threads(batch):
     by units within each step (the threads meet after every phase); layer norm's whole-row
     passes, the projection's second product and the reset-before GRU's two products included.
     Results do not depend on the split: one thread gives the same bits (the products are the
-    same chains of multiply-adds), except the layer-norm gains' ATen reductions."""
+    same chains of multiply-adds, and the gain and peephole gradients sum each column in row
+    order)."""
     threads = torch.get_num_threads()
     try:
         for cls, options in [
@@ -225,13 +226,13 @@ def test_fused_matches_reference_on_two_threads(batch):
                 torch.manual_seed(2)
                 out, state = m(x, lengths=lengths)
                 (out.square().sum() + _parts(state)[-1].sum()).backward()
-                results.append((out.detach(), x.grad.clone(), m.weight_hh_l0.grad.clone()))
+                grads = [p.grad.clone() for p in m.parameters()]
+                results.append((out.detach(), x.grad.clone(), *grads))
                 m.zero_grad()
             for a, b in zip(results[1], results[0], strict=True):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-            if not options.get("layer_norm"):
-                for a, b in zip(results[1], results[2], strict=True):
-                    assert torch.equal(a, b)
+            for a, b in zip(results[1], results[2], strict=True):
+                assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)
 

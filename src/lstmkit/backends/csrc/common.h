@@ -64,4 +64,14 @@ inline T lerp(T start, T end, T w) {
 // Layer normalisation: eps 1e-5, as torch.nn.LayerNorm.
 constexpr double kLnEps = 1e-5;
 
+// The gradients of layer-norm gains and of peepholes after the backward loop: for each column
+// j of two (N, n) views a and b (unit column stride, any row stride),
+//   out[j] = sum_r a[r, j] * (b[r, j] - mean[r]) * rstd[r]
+// (mean and rstd per row, each optional: 0 and 1 when undefined). One pass over a and b,
+// parallel over blocks of columns, each column summed in row order in double precision: the
+// same bits for any number of threads, where the ATen expression ((b - mean) * rstd * a).sum(0)
+// makes three temporaries of (N, n). Returns a (n) tensor of a's dtype (colsum.cpp).
+Tensor col_dot(const Tensor& a, const Tensor& b, const OptTensor& mean = std::nullopt,
+               const OptTensor& rstd = std::nullopt);
+
 }  // namespace lstmkit

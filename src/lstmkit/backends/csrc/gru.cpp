@@ -790,9 +790,9 @@ std::vector<Tensor> gru_backward_impl(const GruArgs& a, const Layout& lay, doubl
   if (a.ln_ih.defined()) {
     auto r = at::native_layer_norm_backward(dA, xw, {G}, mean_ih.view({N, 1}),
                                             rstd_ih.view({N, 1}), a.ln_ih, std::nullopt,
-                                            {true, true, false});
+                                            {true, false, false});
     d_in = std::get<0>(r);
-    d_ln_ih = std::get<1>(r);
+    d_ln_ih = col_dot(dA, xw, mean_ih, rstd_ih);  // the gain's: same bits for any thread count
   }
   const Tensor x2 = a.x2();
   const Tensor w_ih = a.w_ih;
@@ -822,14 +822,11 @@ std::vector<Tensor> gru_backward_impl(const GruArgs& a, const Layout& lay, doubl
     db_hh = reset_after ? dnorm.sum(0) : db_ih;
   }
   if (b.ln) {  // gain gradient: sum of dnorm * u_hat
-    auto uhat = [&](int64_t off, int64_t n, const Tensor& m_, const Tensor& r_) {
-      return (u.narrow(1, off, n) - m_.view({N, 1})) * r_.view({N, 1});
-    };
     if (reset_after) {
-      dg_hh = (dnorm * uhat(0, G, mean, rstd)).sum(0);
+      dg_hh = col_dot(dnorm, u, mean, rstd);
     } else {
-      dg_hh = at::cat({(dnorm.narrow(1, 0, 2 * H) * uhat(0, 2 * H, mean, rstd)).sum(0),
-                       (dnorm.narrow(1, 2 * H, H) * uhat(2 * H, H, mean_n, rstd_n)).sum(0)});
+      dg_hh = at::cat({col_dot(dnorm.narrow(1, 0, 2 * H), u.narrow(1, 0, 2 * H), mean, rstd),
+                       col_dot(dnorm.narrow(1, 2 * H, H), u.narrow(1, 2 * H, H), mean_n, rstd_n)});
     }
   }
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d_ln_ih, dg_hh};

@@ -1060,9 +1060,9 @@ std::vector<Tensor> backward_impl(const Args& a, const Layout& lay, const Option
   if (a.ln_ih.defined()) {
     auto r = at::native_layer_norm_backward(dA, xw, {G}, mean_ih.view({N, 1}),
                                             rstd_ih.view({N, 1}), a.ln_ih, std::nullopt,
-                                            {true, true, false});
+                                            {true, false, false});
     d_in = std::get<0>(r);
-    d_ln_ih = std::get<1>(r);
+    d_ln_ih = col_dot(dA, xw, mean_ih, rstd_ih);  // the gain's: same bits for any thread count
   }
   const Tensor d_in_op = a.bf16 ? (a.ln_ih.defined() || !std::is_same_v<TA, BF16> ? d_in.to(at::kBFloat16) : dAm)
                                 : d_in;
@@ -1079,16 +1079,16 @@ std::vector<Tensor> backward_impl(const Args& a, const Layout& lay, const Option
   Tensor dpeep;
   if (a.w_peep.defined()) {
     const GateSlots s(o.coupled);
-    std::vector<Tensor> parts{(dA.narrow(1, s.i * H, H) * cs).sum(0)};
-    if (!o.coupled) parts.push_back((dA.narrow(1, s.f * H, H) * cs).sum(0));
-    parts.push_back((dA.narrow(1, s.o * H, H) * cnew).sum(0));
+    std::vector<Tensor> parts{col_dot(dA.narrow(1, s.i * H, H), cs)};
+    if (!o.coupled) parts.push_back(col_dot(dA.narrow(1, s.f * H, H), cs));
+    parts.push_back(col_dot(dA.narrow(1, s.o * H, H), cnew));
     dpeep = at::cat(parts);
   }
   Tensor dw_hr = b.proj ? product(dhraw, m_all, true) : Tensor();
   Tensor dg_hh, dw_c, db_c;
   if (b.ln) {
-    dg_hh = (dA * ((u - mean_hh.view({N, 1})) * rstd_hh.view({N, 1}))).sum(0);
-    dw_c = (dco * ((cnew - mean_c.view({N, 1})) * rstd_c.view({N, 1}))).sum(0);
+    dg_hh = col_dot(dA, u, mean_hh, rstd_hh);
+    dw_c = col_dot(dco, cnew, mean_c, rstd_c);
     db_c = dco.sum(0);
   }
   return {dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, dpeep, dw_hr, d_ln_ih, dg_hh, dw_c, db_c};

@@ -432,9 +432,9 @@ std::vector<Tensor> rnn_backward_impl(const RnnArgs& a, const Layout& lay, doubl
   if (a.ln_ih.defined()) {
     auto r = at::native_layer_norm_backward(dA, xw, {H}, mean_ih.view({N, 1}),
                                             rstd_ih.view({N, 1}), a.ln_ih, std::nullopt,
-                                            {true, true, false});
+                                            {true, false, false});
     d_in = std::get<0>(r);
-    d_ln_ih = std::get<1>(r);
+    d_ln_ih = col_dot(dA, xw, mean_ih, rstd_ih);  // the gain's: same bits for any thread count
   }
   const Tensor d_in_op = a.bf16 ? d_in.to(at::kBFloat16) : d_in;
   Tensor dx = need_dx ? product(d_in_op, a.w_ih, false).view(a.x.sizes()) : Tensor();
@@ -445,7 +445,7 @@ std::vector<Tensor> rnn_backward_impl(const RnnArgs& a, const Layout& lay, doubl
     db_ih = dA.sum(0);
     db_hh = db_ih;
   }
-  if (b.ln) dg_hh = (dA * ((u - mean.view({N, 1})) * rstd.view({N, 1}))).sum(0);
+  if (b.ln) dg_hh = col_dot(dA, u, mean, rstd);
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d_ln_ih, dg_hh};
 }
 
