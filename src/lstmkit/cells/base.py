@@ -199,6 +199,23 @@ class CellMath:
     def step(self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None) -> State:
         """One time step. ``xp`` is this step's :meth:`project_input`; ``h_mask`` multiplies
         ``h_{t-1}`` where it enters the recurrent product (variational recurrent dropout)."""
+        return self.step_with_gates(xp, state, p, h_mask)[0]
+
+    def step_with_gates(
+        self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None
+    ) -> tuple[State, dict[str, Tensor]]:
+        """:meth:`step` that also returns the gate activations it computed, keyed by the names
+        of :attr:`gate_kinds` (each ``(B, hidden_size)``, in the autograd graph).
+
+        The equations live here once; :meth:`step` drops the gates, and
+        :mod:`lstmkit.diagnostics` reads them, so the statistics it reports are of the very
+        tensors the step used."""
+        raise NotImplementedError
+
+    @property
+    def gate_kinds(self) -> dict[str, str]:
+        """The activations :meth:`step_with_gates` returns, in order, with the function that
+        produced each (``'sigmoid'``, ``'tanh'`` or ``'relu'``): what "saturated" means for it."""
         raise NotImplementedError
 
     def _recurrent(self, h: Tensor, p: Params, rows: slice | None = None) -> Tensor:

@@ -64,7 +64,13 @@ class GRUMath(CellMath):
         b_ih[H : 2 * H] = self._chrono_values(chrono_init, b_ih)
         b_hh[H : 2 * H] = 0.0
 
-    def step(self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None) -> State:
+    @property
+    def gate_kinds(self) -> dict[str, str]:
+        return {"r": "sigmoid", "z": "sigmoid", "n": "tanh"}
+
+    def step_with_gates(
+        self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None
+    ) -> tuple[State, dict[str, Tensor]]:
         (h,) = state
         hr = h if h_mask is None else h * h_mask
         a_r, a_z, a_n = xp.chunk(3, -1)
@@ -79,4 +85,4 @@ class GRUMath(CellMath):
             r = torch.sigmoid(a_r + u_r)
             z = torch.sigmoid(a_z + u_z)
             n = torch.tanh(a_n + self._recurrent(r * hr, p, slice(2 * H, 3 * H)))
-        return ((1.0 - z) * n + z * h,)
+        return ((1.0 - z) * n + z * h,), {"r": r, "z": z, "n": n}

@@ -112,7 +112,14 @@ class LSTMMath(CellMath):
                 b_ih[f_rows] = forget_bias
                 b_hh[f_rows] = 0.0
 
-    def step(self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None) -> State:
+    @property
+    def gate_kinds(self) -> dict[str, str]:
+        # With coupled_gates the forget gate is 1 - i = sigmoid(-a_i): still reported, as f.
+        return {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid"}
+
+    def step_with_gates(
+        self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None
+    ) -> tuple[State, dict[str, Tensor]]:
         h, c = state
         hr = h if h_mask is None else h * h_mask
         gates = xp + self._recurrent(hr, p)
@@ -129,7 +136,8 @@ class LSTMMath(CellMath):
                 a_f = a_f + peep[1] * c
         i = torch.sigmoid(a_i)
         f = 1.0 - i if a_f is None else torch.sigmoid(a_f)
-        c_new = f * c + i * torch.tanh(a_g)
+        g = torch.tanh(a_g)
+        c_new = f * c + i * g
         if self.cell_clip is not None:
             c_new = c_new.clamp(-self.cell_clip, self.cell_clip)
         if self.peephole:
@@ -141,4 +149,4 @@ class LSTMMath(CellMath):
         h_new = o * torch.tanh(c_out)
         if self.proj_size:
             h_new = torch.nn.functional.linear(h_new, p["weight_hr"])
-        return (h_new, c_new)
+        return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o}

@@ -41,7 +41,15 @@ class RNNMath(CellMath):
     def options(self) -> dict[str, object]:
         return {"nonlinearity": self.nonlinearity, "layer_norm": self.layer_norm}
 
-    def step(self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None) -> State:
+    @property
+    def gate_kinds(self) -> dict[str, str]:
+        # No gates: the one activation is the new state itself, phi(...).
+        return {"h": self.nonlinearity}
+
+    def step_with_gates(
+        self, xp: Tensor, state: State, p: Params, h_mask: Tensor | None = None
+    ) -> tuple[State, dict[str, Tensor]]:
         (h,) = state
         hr = h if h_mask is None else h * h_mask
-        return (self._act(xp + self._recurrent(hr, p)),)
+        h_new = self._act(xp + self._recurrent(hr, p))
+        return (h_new,), {"h": h_new}
