@@ -502,6 +502,92 @@ def test_resolve():
     assert backends.resolve("reference", recompute=True) is backends.reference_scan
 
 
+def _spy_torch(monkeypatch, name):
+    """Record the calls ``backend='auto'`` makes to torch's own ``torch.<name>``."""
+    calls = []
+    real = lstmkit.nn.layers._RecurrentBase._TORCH_FUNCTIONS[name]
+
+    def spy(*args):
+        calls.append(name)
+        return real(*args)
+
+    monkeypatch.setitem(lstmkit.nn.layers._RecurrentBase._TORCH_FUNCTIONS, name, spy)
+    return calls
+
+
+def test_auto_hands_plain_lstm_to_torch_where_torch_is_faster(monkeypatch):
+    """A plain float32 LSTM with a batch of 16 or more and 128 or more units runs torch's own
+    kernel (what nn.LSTM runs) under backend='auto': bitwise nn.LSTM's outputs, final states and
+    gradients, on the module's own parameters."""
+    calls = _spy_torch(monkeypatch, "lstm")
+    ours = lstmkit.LSTM(8, 128, num_layers=2, bidirectional=True, dropout=0.3)
+    ours.eval()  # inter-layer dropout inactive
+    theirs = ours.to_torch().eval()
+    x = torch.randn(5, 16, 8)
+    h0 = torch.randn(4, 16, 128), torch.randn(4, 16, 128)
+    out, (h, c) = ours(x, h0)
+    out_t, (h_t, c_t) = theirs(x, h0)
+    assert calls == ["lstm"]
+    for a, b in ((out, out_t), (h, h_t), (c, c_t)):
+        assert torch.equal(a, b)
+    (out.sum() + c.sum()).backward()
+    (out_t.sum() + c_t.sum()).backward()
+    for (name, p), p_t in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(p.grad, p_t.grad), name
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "small batch",
+        "small layer",
+        "lengths",
+        "variant",
+        "zoneout",
+        "training dropout",
+        "reference",
+        "float64",
+        "proj_size",
+    ],
+)
+def test_auto_keeps_the_fused_kernels_elsewhere(monkeypatch, case):
+    """Everything else stays on the fused kernels (or the reference loop): lstmkit-only options
+    and lengths (torch cannot express them, or runs packed input slowly), a training-mode
+    inter-layer dropout (its mask must come from the same draws as the other backends), an
+    explicit backend, and the shapes and dtypes where the fused kernels are faster."""
+    calls = _spy_torch(monkeypatch, "lstm")
+    hidden, batch, kwargs, call = 128, 16, {}, {}
+    if case == "small batch":
+        batch = 8
+    elif case == "small layer":
+        hidden = 64
+    elif case == "lengths":
+        call = {"lengths": torch.full((batch,), 5)}
+    elif case == "variant":
+        kwargs = {"peephole": True}
+    elif case == "zoneout":
+        kwargs = {"zoneout": 0.1}
+    elif case == "training dropout":
+        kwargs = {"num_layers": 2, "dropout": 0.3}
+    elif case == "reference":
+        kwargs = {"backend": "reference"}
+    elif case == "float64":
+        kwargs = {"dtype": torch.float64}
+    elif case == "proj_size":
+        kwargs = {"proj_size": 64}
+    m = lstmkit.LSTM(8, hidden, **kwargs)
+    m.train()
+    m(torch.randn(5, batch, 8, dtype=kwargs.get("dtype", torch.float32)), **call)
+    assert calls == []
+
+
+def test_auto_never_hands_gru_or_rnn_to_torch_on_the_cpu(monkeypatch):
+    gru_calls, rnn_calls = _spy_torch(monkeypatch, "gru"), _spy_torch(monkeypatch, "rnn_tanh")
+    for cls in (lstmkit.GRU, lstmkit.RNN):
+        cls(8, 512)(torch.randn(5, 64, 8))
+    assert gru_calls == [] and rnn_calls == []
+
+
 def test_auto_uses_fused_where_supported(monkeypatch):
     calls = []
     real = fused.scan

@@ -25,6 +25,20 @@ from ..recurrent import Rates, run_direction, valid_mask
 MERGES = ("concat", "sum", "mean")
 
 
+def _torch_is_faster(family: str, batch: int, hidden: int, proj_size: int) -> bool:
+    """Whether torch's own CPU kernel (oneDNN for the LSTM) runs a plain float32 configuration
+    faster than the fused kernels, on the machine this was measured on.
+
+    Measured by ``python -m benchmarks.dispatch`` (2 threads, AMD EPYC with AVX-512; see
+    docs/benchmarks.md): torch's GRU and RNN, and its LSTM with a projection, are always slower
+    than the fused kernels; its LSTM is level with them or faster for batches of 16 or more
+    with 128 or more units, and slower for small batches or small layers (where the fused
+    kernels' lighter per-step overhead wins). Rerun the script after changing the kernels or
+    on another machine, and update the rule here.
+    """
+    return family == "lstm" and proj_size == 0 and batch >= 16 and hidden >= 128
+
+
 def _zoneout_rates(value: Any, state_names: Sequence[str]) -> tuple[float, ...]:
     """Normalise ``zoneout`` to one rate per state component (h, or h and c)."""
     if isinstance(value, (tuple, list)):
@@ -368,7 +382,10 @@ class _RecurrentBase(nn.Module):
         if lengths is not None:
             lengths = _checks.lengths_tensor(lengths, T, B, x.device)
         states = self._check_hx(hx, B, x, unbatched)
-        y, finals = self._run(x, states, lengths)
+        if self._torch_path(x, lengths):
+            y, finals = self._run_torch(x, states)
+        else:
+            y, finals = self._run(x, states, lengths)
 
         n_comp = len(self._cells[0].state_names)
         comps = [torch.stack([f[k] for f in finals]) for k in range(n_comp)]
@@ -424,6 +441,52 @@ class _RecurrentBase(nn.Module):
                 out = F.dropout(out, self.dropout, True)
             layer_input = out
         return layer_input, finals
+
+    _TORCH_FUNCTIONS: ClassVar[dict[str, Any]] = {
+        "lstm": torch.lstm,
+        "gru": torch.gru,
+        "rnn_tanh": torch.rnn_tanh,
+        "rnn_relu": torch.rnn_relu,
+    }
+
+    def _torch_function_name(self) -> str:
+        return self._cells[0].family
+
+    def _torch_path(self, x: Tensor, lengths: Tensor | None) -> bool:
+        """Whether ``backend='auto'`` hands this call to torch's own implementation: only for
+        configurations whose math is exactly torch's (no lstmkit-only option, no lengths), with
+        no inter-layer dropout mask to draw in training (torch would draw it from the random
+        stream differently from the other backends), and where torch is the faster path: on a
+        GPU always (cuDNN; the fused kernels are CPU-only), on the CPU where
+        :func:`_torch_is_faster` says so, in float32."""
+        if self.backend != "auto" or lengths is not None or self.non_torch_options():
+            return False
+        if self.training and self.dropout and self.num_layers > 1:
+            return False
+        if x.device.type != "cpu":
+            return True
+        family = self._cells[0].family
+        return x.dtype == torch.float32 and _torch_is_faster(
+            family, x.shape[1], self.hidden_size, self.proj_size
+        )
+
+    def _run_torch(self, x: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
+        """The whole stack through ``torch.lstm`` / ``torch.gru`` / ``torch.rnn_*`` (what
+        ``torch.nn`` runs) on this module's own parameters, which have torch's layout."""
+        flat = [
+            t
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+            for t in self._params(layer, direction).values()
+        ]
+        n_comp = len(self._cells[0].state_names)
+        comps = [torch.stack([s[k] for s in states]) for k in range(n_comp)]
+        fn = self._TORCH_FUNCTIONS[self._torch_function_name()]
+        hx: Any = tuple(comps) if n_comp > 1 else comps[0]
+        args = (self.bias, self.num_layers, float(self.dropout), self.training, self.bidirectional)
+        y, *finals = fn(x, hx, flat, *args, False)
+        per_state = [tuple(f[k] for f in finals) for k in range(finals[0].shape[0])]
+        return y, per_state
 
     def _merge(self, outputs: list[Tensor]) -> Tensor:
         if len(outputs) == 1:
@@ -820,6 +883,9 @@ class RNN(_RecurrentBase):
 
     def _torch_kwargs(self) -> dict[str, Any]:
         return {**super()._torch_kwargs(), "nonlinearity": self.nonlinearity}
+
+    def _torch_function_name(self) -> str:
+        return f"rnn_{self.nonlinearity}"
 
 
 __all__ = ["GRU", "LSTM", "RNN"]
