@@ -105,10 +105,6 @@ def run_direction(
     zoneout, whose expectation is used at evaluation.
     """
     p, input_mask, reg = draw_regularisation(cell, p, x, rates, training)
-    if valid is not None:
-        # Padding is never read, but its values still pass through the (discarded) step math:
-        # zero it so that NaN or inf there cannot poison the gradients (0 * NaN = NaN).
-        x = x.masked_fill(~valid, 0.0)
     if input_mask is not None:
         x = x * input_mask
     if reverse:

@@ -40,6 +40,11 @@ def scan(
     T, B = x.shape[0], x.shape[1]
     if T == 0:
         return x.new_zeros(0, B, cell.output_size), state
+    if valid is not None:
+        # Padding is never kept, but its values still pass through the (discarded) step math:
+        # zero it so that NaN or inf there cannot poison the gradients (0 * NaN = NaN). The
+        # fused kernels never read padding at all (they pack the valid rows).
+        x = x.masked_fill(~valid, 0.0)
     xp = cell.project_input(x, p)
     rates = reg.zoneout
     n_state = len(state)
