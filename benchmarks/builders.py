@@ -92,11 +92,15 @@ def _no_grad(run: Callable[[], object]) -> Callable[[], None]:
     return fn
 
 
-def auto_dispatch(module: Any, x: Tensor) -> str:
-    """Which backend ``backend='auto'`` runs for ``module`` on ``x``, in words."""
+def auto_dispatch(module: Any, x: Tensor, lengths: Tensor | None = None) -> str:
+    """Which backend ``backend='auto'`` runs for ``module`` on ``x``, in words (call it with the
+    module in the mode it will run in: the torch hand-off depends on training-mode dropout)."""
     try:
         from lstmkit.backends import Regularisation, fused
 
+        torch_path = getattr(module, "_torch_path", None)
+        if torch_path is not None and torch_path(x, lengths):
+            return "auto runs torch's own kernel (faster for this plain configuration)"
         if not fused.available():
             return "auto runs the reference loop: the fused extension is not built"
         reasons = set()
@@ -125,11 +129,10 @@ def _ours(row: Row, shape: Shape, mode: str, backend: str, dtype: torch.dtype) -
     x = _input(shape, dtype)
     lengths = random_lengths(shape) if row.packed else None
     steps = int(lengths.sum()) if lengths is not None else None
-    note = auto_dispatch(module, x) if backend == "auto" else ""
+    module.train(mode != "fwd")
+    note = auto_dispatch(module, x, lengths) if backend == "auto" else ""
     if mode == "fwd":
-        module.eval()
         return Prepared(_no_grad(lambda: module(x, lengths=lengths)), "", note, steps=steps)
-    module.train()
     x.requires_grad_(True)
     gy = _grad_like((shape.T, shape.B, module.output_size), dtype)
     fn = _train_step(module, x, lambda: module(x, lengths=lengths)[0], gy)
