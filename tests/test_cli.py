@@ -347,3 +347,28 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: 
         assert torch.equal(a[name], b[name]), name
     for name in ("metrics.json", "config.json"):
         assert (killed / name).read_text() == (tmp_path / "straight" / name).read_text()
+
+
+def test_a_task_command_is_a_top_level_command(monkeypatch, capsys):
+    """Commands registered by task modules (lstmkit tag, forecast ...) appear beside train and
+    evaluate; their bad input ends in the same one-line error."""
+    import lstmkit.tasks as tasks
+    from lstmkit import cli
+
+    def add_arguments(parser):
+        parser.add_argument("--times", type=int, required=True)
+
+    def run(args):
+        if args.times < 0:
+            raise ValueError(f"--times must be >= 0, got {args.times}")
+        print("echo " * args.times)
+        return 0
+
+    monkeypatch.setattr(tasks, "_COMMANDS", {})
+    tasks.register_command(tasks.Command("echo", "print echo", add_arguments, run))
+    assert cli.main(["echo", "--times", "2"]) == 0
+    assert capsys.readouterr().out.split() == ["echo", "echo"]
+    assert cli.main(["echo", "--times", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "lstmkit echo: error: --times must be >= 0, got -1"
+    with pytest.raises(ValueError, match="built in"):
+        tasks.register_command(tasks.Command("train", "x", add_arguments, run))

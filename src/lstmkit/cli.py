@@ -123,7 +123,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> tuple[_Parser, dict[str, _Parser]]:
-    from .tasks import get_task, task_names
+    from .tasks import commands, get_task, task_names
 
     parser = _Parser(prog="lstmkit", description="Recurrent sequence models: LSTM, GRU and RNN.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +147,9 @@ def _parser() -> tuple[_Parser, dict[str, _Parser]]:
     evaluate = sub.add_parser("evaluate", help="print a trained model's metrics as JSON")
     evaluate.add_argument("directory", metavar="DIR", help="the --out of a training run")
     evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled data file")
+
+    for command in commands():  # the tasks' own commands: tag, forecast, generate ...
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return parser, task_parsers
 
 
@@ -325,8 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parse(argv)
         command = "lstmkit " + (args.command if args.command != "train" else f"train {args.task}")
-        run = {"demo": _demo, "train": _train, "evaluate": _evaluate}[args.command]
-        return run(args)
+        builtin = {"demo": _demo, "train": _train, "evaluate": _evaluate}
+        if args.command in builtin:
+            return builtin[args.command](args)
+        from .tasks import commands
+
+        return next(c for c in commands() if c.name == args.command).run(args)
     except (TypeError, ValueError, OSError) as exc:
         if command == "lstmkit" and len(argv) >= 2 and argv[0] == "train":
             command = f"lstmkit train {argv[1]}"

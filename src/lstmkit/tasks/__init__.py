@@ -242,6 +242,40 @@ def register(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
+@dataclass(frozen=True)
+class Command:
+    """A top-level command that a task adds beside ``train`` and ``evaluate`` (``lstmkit tag``,
+    ``lstmkit forecast``, ``lstmkit generate`` ...), registered with :func:`register_command`
+    from the task's module. ``add_arguments(parser)`` adds its flags; ``run(args)`` does the
+    work and returns the exit status. It raises ``ValueError``/``TypeError``/``OSError`` for bad
+    input, which the command line prints as one line (exit status 2)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: dict[str, Command] = {}
+RESERVED_COMMANDS = ("demo", "train", "evaluate")
+
+
+def register_command(command: Command) -> Command:
+    """Add a top-level command (called at import time by a task module)."""
+    if command.name in RESERVED_COMMANDS:
+        raise ValueError(f"command {command.name!r} is built in; choose another name")
+    if command.name in _COMMANDS and _COMMANDS[command.name] is not command:
+        raise ValueError(f"command {command.name!r} is registered twice")
+    _COMMANDS[command.name] = command
+    return command
+
+
+def commands() -> list[Command]:
+    """Every task-provided command, sorted by name."""
+    _import_all()
+    return [_COMMANDS[name] for name in sorted(_COMMANDS)]
+
+
 def _import_all() -> None:
     for module in pkgutil.iter_modules(__path__):
         if not module.name.startswith("_"):
@@ -263,10 +297,13 @@ def get_task(name: str) -> TaskSpec:
 
 
 __all__ = [
+    "Command",
     "Estimator",
     "TaskSpec",
+    "commands",
     "get_task",
     "read_config",
     "register",
+    "register_command",
     "task_names",
 ]
