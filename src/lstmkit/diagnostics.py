@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _checks
 from .backends import Regularisation
@@ -101,38 +100,10 @@ class _Layout:
 def _prepare(
     module: _RecurrentBase, input: Any, hx: Any, lengths: Any
 ) -> tuple[Tensor, list[State], Tensor | None, _Layout]:
-    """Check the arguments as the module's ``forward`` does and return the time-major input, the
-    initial state of every layer and direction, the checked lengths and the input's layout."""
-    unbatched = False
-    if isinstance(input, PackedSequence):
-        if lengths is not None:
-            raise ValueError(
-                "lengths must be None when input is a PackedSequence: it carries its lengths"
-            )
-        _checks.floating_tensor("input", input.data)
-        x, lengths = pad_packed_sequence(input, batch_first=False)
-    else:
-        x = _checks.floating_tensor("input", input)
-        if x.dim() not in (2, 3):
-            layout = "(B, T, features)" if module.batch_first else "(T, B, features)"
-            raise ValueError(
-                f"input must be 3-D {layout} or 2-D (T, features) unbatched, "
-                f"got shape {tuple(x.shape)}"
-            )
-        unbatched = x.dim() == 2
-        if unbatched:
-            x = x.unsqueeze(1)
-        elif module.batch_first:
-            x = x.transpose(0, 1)
-    if x.shape[-1] != module.input_size:
-        raise ValueError(
-            f"input must have {module.input_size} features (input_size) in its last dimension, "
-            f"got {x.shape[-1]} (input shape {tuple(x.shape)})"
-        )
-    _checks.matches_parameters("input", x, module._params(0, 0)["weight_ih"])
-    T, B = x.shape[0], x.shape[1]
-    checked = None if lengths is None else _checks.lengths_tensor(lengths, T, B, x.device)
-    states = module._check_hx(hx, B, x, unbatched)
+    """Check the arguments as the module's ``forward`` does (it is the same code) and return the
+    time-major input, the initial state of every layer and direction, the checked lengths and
+    the input's layout."""
+    x, states, checked, _, unbatched = module._prepare_input(input, hx, lengths)
     return x, states, checked, _Layout(module.batch_first, unbatched)
 
 

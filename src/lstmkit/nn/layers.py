@@ -349,6 +349,30 @@ class _RecurrentBase(nn.Module):
         initial state). Returns ``output, h_n`` (``output, (h_n, c_n)`` for LSTM) shaped as
         ``torch.nn`` does.
         """
+        x, states, lengths, packed, unbatched = self._prepare_input(input, hx, lengths)
+        if self._torch_path(x, lengths):
+            y, finals = self._run_torch(x, states)
+        else:
+            y, finals = self._run(x, states, lengths)
+
+        n_comp = len(self._cells[0].state_names)
+        comps = [torch.stack([f[k] for f in finals]) for k in range(n_comp)]
+        if packed:
+            output: Any = self._repack(y, input, lengths)
+        elif unbatched:
+            output = y.squeeze(1)
+            comps = [c.squeeze(1) for c in comps]
+        else:
+            output = y.transpose(0, 1) if self.batch_first else y
+        return output, self._pack_state(comps)
+
+    def _prepare_input(
+        self, input: Any, hx: Any, lengths: Any
+    ) -> tuple[Tensor, list[State], Tensor | None, bool, bool]:
+        """Check ``forward``'s arguments and return the time-major input ``(T, B, F)``, the
+        initial state of every layer and direction, the checked lengths (or ``None``), and
+        whether the input was packed and whether it was unbatched. Also used by
+        :mod:`lstmkit.diagnostics`, which runs the same stack step by step."""
         packed = isinstance(input, PackedSequence)
         unbatched = False
         if packed:
@@ -382,21 +406,7 @@ class _RecurrentBase(nn.Module):
         if lengths is not None:
             lengths = _checks.lengths_tensor(lengths, T, B, x.device)
         states = self._check_hx(hx, B, x, unbatched)
-        if self._torch_path(x, lengths):
-            y, finals = self._run_torch(x, states)
-        else:
-            y, finals = self._run(x, states, lengths)
-
-        n_comp = len(self._cells[0].state_names)
-        comps = [torch.stack([f[k] for f in finals]) for k in range(n_comp)]
-        if packed:
-            output: Any = self._repack(y, input, lengths)
-        elif unbatched:
-            output = y.squeeze(1)
-            comps = [c.squeeze(1) for c in comps]
-        else:
-            output = y.transpose(0, 1) if self.batch_first else y
-        return output, self._pack_state(comps)
+        return x, states, lengths, packed, unbatched
 
     @staticmethod
     def _repack(y: Tensor, like: PackedSequence, lengths: Tensor) -> PackedSequence:
