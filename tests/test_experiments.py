@@ -1,0 +1,226 @@
+"""The ``--quick`` mode of every experiment in ``experiments/``: each runs in-process on tiny
+settings and must point the way its claim says (the full runs and their numbers are in
+docs/experiments.md). Timings are recorded by the scripts but never asserted here."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _experiments_on_path() -> Iterator[None]:
+    sys.path.insert(0, str(EXPERIMENTS))
+    yield
+    sys.path.remove(str(EXPERIMENTS))
+
+
+def load(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+def run_quick(name: str, out: Path, *extra: str) -> dict[str, Any]:
+    summary: dict[str, Any] = load(name).main(["--quick", "--out", str(out), *extra])
+    written = json.loads((out / f"{name}.json").read_text())
+    assert written["results"] == json.loads(json.dumps(summary["results"]))
+    assert written["mode"] == "quick"
+    assert written["wall_s"] > 0
+    for figure in summary["figures"]:
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return summary["results"]
+
+
+# ------------------------------------------------------------------------------ gradient flow
+def test_gradient_flow_lstm_keeps_what_the_rnn_loses(tmp_path: Path) -> None:
+    r = run_quick("claims_gradient_flow", tmp_path)
+    claims = r["claims"]
+    # at distance 50 the LSTM (forget bias 1) keeps orders of magnitude more gradient than a
+    # vanilla RNN with torch's initialisation; a forget gate fixed at 1 more still
+    assert claims["lstm_over_rnn_h_at_50"] > 1e4
+    assert claims["lstm_f1_c_over_rnn_h_at_50"] > 1e6
+    init = r["init"]
+    f1, f05 = init["LSTM, f fixed at 1"], init["LSTM, f fixed at 0.5"]
+    # f = 1: the cell-state gradient does not decay; f = 0.5: it decays geometrically
+    assert f1["c_decay_per_step"] > 0.95
+    assert f05["c_decay_per_step"] < 0.85
+    assert f05["c"]["50"] < 1e-4 * f1["c"]["50"]
+
+
+def test_fix_forget_gate_is_constant_and_survives_training() -> None:
+    gf = load("claims_gradient_flow")
+    from lstmkit import LSTM
+    from lstmkit.diagnostics import trace
+
+    torch.manual_seed(0)
+    lstm = gf.fix_forget_gate(LSTM(2, 6, num_layers=2), 0.5)
+    opt = torch.optim.Adam(lstm.parameters(), lr=0.1)
+    x = torch.randn(7, 3, 2)
+    for _ in range(3):
+        opt.zero_grad()
+        lstm(x)[0].square().sum().backward()
+        opt.step()
+    gates = trace(lstm.eval(), x).gates["f"]
+    assert torch.equal(gates, torch.full_like(gates, 0.5))
+    gf.check_forget_constant(gf.fix_forget_gate(LSTM(2, 4), 1.0), x, 1.0)
+    with pytest.raises(ValueError, match=r"value must be 1\.0 or 0\.5, got 0\.3"):
+        gf.fix_forget_gate(LSTM(2, 4), 0.3)
+    with pytest.raises(RuntimeError, match=r"forget gate should be exactly 1\.0 everywhere"):
+        gf.check_forget_constant(LSTM(2, 4), x, 1.0)
+
+
+# ------------------------------------------------------------------------------ long memory
+def test_long_memory_gated_layers_beat_the_memoryless_baseline(tmp_path: Path) -> None:
+    r = run_quick("claims_long_memory", tmp_path)["adding"]["20"]
+    assert r["baseline"] == pytest.approx(1 / 6)
+    gated = [v["test_mse"] for k, v in r.items() if k.startswith(("GRU", "LSTM"))]
+    # the best gated layer is far below the memoryless MSE, the vanilla RNN is not
+    assert min(gated) < 0.05
+    assert r["RNN"]["test_mse"] > 0.1
+
+
+def test_long_memory_copy_task_runs_and_reports_its_anchor(tmp_path: Path) -> None:
+    r = run_quick(
+        "claims_long_memory", tmp_path, "--adding-T", "4", "--copy-T", "3", "--steps", "2"
+    )
+    copy = r["copy"]["3"]
+    assert copy["baseline"] == pytest.approx(10 * math.log(8) / (3 + 20))
+    assert set(copy) == {
+        "baseline",
+        "RNN",
+        "GRU",
+        "LSTM, forget bias 0",
+        "LSTM, forget bias 1",
+        "LSTM, chrono init",
+    }
+    for name, value in copy.items():
+        if name != "baseline":
+            assert 0.0 <= value["recall_accuracy"] <= 1.0
+            assert math.isfinite(value["test_ce"])
+
+
+# ------------------------------------------------------------------------------ GRU vs LSTM
+def test_gru_has_a_quarter_fewer_parameters(tmp_path: Path) -> None:
+    r = run_quick("claims_gru_vs_lstm", tmp_path)
+    for counts in r["parameters"].values():
+        assert counts["ratio"] == 0.75
+    adding = r["tasks"]["adding"]
+    lstm = next(v for k, v in adding.items() if k.startswith("LSTM"))
+    matched = next(v for k, v in adding.items() if "parameter count" in k)
+    assert abs(matched["parameters"] - lstm["parameters"]) / lstm["parameters"] < 0.02
+    assert min(v["test_mse"] for k, v in adding.items() if k.startswith("GRU")) < 0.05
+
+
+def test_matched_gru_hidden_size() -> None:
+    gv = load("claims_gru_vs_lstm")
+    from lstmkit import GRU, LSTM
+
+    for I, H in [(2, 128), (10, 64), (300, 512)]:
+        h = gv.matched_gru_hidden(I, H)
+        lstm = sum(p.numel() for p in LSTM(I, H).parameters())
+        counts = {k: sum(p.numel() for p in GRU(I, k).parameters()) for k in (h - 1, h, h + 1)}
+        assert min(counts, key=lambda k: abs(counts[k] - lstm)) == h
+
+
+# ------------------------------------------------------------------------------ variants
+def test_variants_bidirectional_sees_the_future_and_layer_norm_converges(
+    tmp_path: Path,
+) -> None:
+    r = run_quick("claims_variants", tmp_path)
+    bi = r["bidirectional"]
+    assert bi["unidirectional"]["accuracy"] < bi["chance"] + 0.05
+    assert bi["bidirectional"]["accuracy"] > bi["chance"] + 0.15
+    assert bi["bidirectional"]["parameters"] <= bi["unidirectional"]["parameters"]
+    ln = r["layer_norm"]
+    assert ln["layer norm"]["steps_to_threshold"] is not None
+    none = ln["no layer norm"]["steps_to_threshold"]
+    assert none is None or ln["layer norm"]["steps_to_threshold"] < none
+    for variant in ("no peepholes", "peepholes"):
+        assert 0.0 <= r["peephole"][variant]["exact_timing"] <= 1.0
+
+
+def test_variant_tasks_are_what_they_say() -> None:
+    va = load("claims_variants")
+    x, y = next(va.lookahead_batches(4, 9, torch.Generator().manual_seed(0)))
+    assert torch.equal(y[: -va.DELAY], x.argmax(-1)[va.DELAY :])
+    assert (y[-va.DELAY :] == -100).all()
+    x, y = next(va.spike_batches(5, 20, 7, torch.Generator().manual_seed(0)))
+    assert torch.equal(y.argmax(0), x[:, :, 0].argmax(0) + 7)
+    assert x.sum() == 5 and y.sum() == 5
+    with pytest.raises(ValueError, match=r"delay must be < T - T//2 = 10, got 10"):
+        next(va.spike_batches(2, 20, 10, torch.Generator()))
+
+
+# ------------------------------------------------------------------------------ TBPTT, buckets
+def test_tbptt_budget_and_bucketing_padding(tmp_path: Path) -> None:
+    r = run_quick("claims_tbptt_bucketing", tmp_path)
+    for window, entry in r["tbptt"].items():
+        # the same number of training characters: ceil(tokens / (window x streams)) updates
+        assert entry["updates"] == math.ceil(10_000 / (int(window) * 16))
+        assert math.isfinite(entry["val_bpc"])
+    b = r["bucketing"]
+    assert b["10"]["padding_fraction"] < b["1"]["padding_fraction"] / 2
+    assert b["50"]["padding_fraction"] < b["10"]["padding_fraction"]
+    assert b["50"]["padded_positions"] < b["1"]["padded_positions"]
+
+
+# ------------------------------------------------------------------------------ vs TCN, Transformer
+def test_lstm_state_is_constant_while_the_kv_cache_grows(tmp_path: Path) -> None:
+    r = run_quick("claims_lstm_tcn_transformer", tmp_path)
+    for name in ("LSTM", "TCN", "Transformer"):
+        assert r[name]["incremental_max_abs_diff"] < 1e-5
+    lstm = r["LSTM"]["state_floats"]
+    kv = r["Transformer"]["state_floats"]
+    tcn = r["TCN"]["state_floats"]
+    assert len(set(lstm.values())) == 1
+    assert kv["256"] == 16 * kv["16"]
+    assert tcn["256"] == tcn["64"] == r["TCN"]["receptive_field"] * 2
+    assert min(r[n]["test_mse"] for n in ("LSTM", "TCN", "Transformer")) < r["baseline_mse"]
+
+
+def test_tcn_receptive_field_is_exact() -> None:
+    tt = load("claims_lstm_tcn_transformer")
+    tcn = tt.TCN(channels=4, levels=3).eval()
+    with torch.no_grad():  # positive weights and inputs: every ReLU passes, nothing is masked
+        for p in tcn.parameters():
+            p.fill_(0.1)
+    R = tcn.receptive_field
+    assert R == 1 + 2 * 2 * (1 + 2 + 4)
+    x = torch.rand(R + 5, 2, 2)
+    changed = x.clone()
+    changed[4] += 1.0  # the last output (step R + 4) sees steps 5 .. R + 4
+    with torch.no_grad():
+        assert torch.equal(tcn(x)[-1], tcn(changed)[-1])
+        changed[5] += 1.0
+        assert not torch.equal(tcn(x)[-1], tcn(changed)[-1])
+        assert torch.equal(tcn.step(x), tcn(x)[-1])
+
+
+# ------------------------------------------------------------------------------ regularisation
+def test_regularisers_narrow_the_generalisation_gap(tmp_path: Path) -> None:
+    r = run_quick("claims_regularisation", tmp_path)
+    none = r["none"]["gap_bpc"]
+    for name in ("dropout", "variational dropout", "weight drop", "zoneout"):
+        assert r[name]["gap_bpc"] < none, name
+        # in eval mode the regularised model fits its training text less tightly
+        assert r[name]["train_bpc"] > r["none"]["train_bpc"], name
+
+
+def test_common_rejects_bad_arguments(tmp_path: Path) -> None:
+    common = load("_common")
+    with pytest.raises(ValueError, match=r"--threads must be a positive int, got 0"):
+        load("claims_variants").main(["--quick", "--out", str(tmp_path), "--threads", "0"])
+    with pytest.raises(ValueError, match=r"data has 5 tokens, needs more than length \+ 1 = 9"):
+        next(common.random_windows(torch.arange(5), 8, 2, torch.Generator()))
+    assert common.steps_to_reach([(10, 0.5), (20, 0.05), (30, 0.01)], 0.05) == 20
+    assert common.steps_to_reach([(10, 0.5)], 0.05) is None
