@@ -541,6 +541,7 @@ def test_auto_hands_plain_lstm_to_torch_where_torch_is_faster(monkeypatch):
     [
         "small batch",
         "small layer",
+        "small batch in inference",
         "lengths",
         "variant",
         "zoneout",
@@ -559,6 +560,8 @@ def test_auto_keeps_the_fused_kernels_elsewhere(monkeypatch, case):
     hidden, batch, kwargs, call = 128, 16, {}, {}
     if case == "small batch":
         batch = 8
+    elif case == "small batch in inference":
+        hidden, batch = 512, 4
     elif case == "small layer":
         hidden = 64
     elif case == "lengths":
@@ -577,8 +580,26 @@ def test_auto_keeps_the_fused_kernels_elsewhere(monkeypatch, case):
         kwargs = {"proj_size": 64}
     m = lstmkit.LSTM(8, hidden, **kwargs)
     m.train()
-    m(torch.randn(5, batch, 8, dtype=kwargs.get("dtype", torch.float32)), **call)
+    x = torch.randn(5, batch, 8, dtype=kwargs.get("dtype", torch.float32))
+    if case == "small batch in inference":
+        with torch.no_grad():
+            m(x)
+    else:
+        m(x, **call)
     assert calls == []
+
+
+def test_auto_hands_small_batch_training_of_wide_lstms_to_torch(monkeypatch):
+    """In training, from 256 units torch's kernel is faster at any batch size; in inference the
+    same shape stays fused."""
+    calls = _spy_torch(monkeypatch, "lstm")
+    m = lstmkit.LSTM(8, 256)
+    x = torch.randn(5, 1, 8)
+    with torch.no_grad():
+        m(x)
+    assert calls == []
+    m(x)[0].sum().backward()
+    assert calls == ["lstm"]
 
 
 def test_auto_never_hands_gru_or_rnn_to_torch_on_the_cpu(monkeypatch):

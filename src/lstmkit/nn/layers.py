@@ -25,18 +25,21 @@ from ..recurrent import Rates, run_direction, valid_mask
 MERGES = ("concat", "sum", "mean")
 
 
-def _torch_is_faster(family: str, batch: int, hidden: int, proj_size: int) -> bool:
+def _torch_is_faster(family: str, batch: int, hidden: int, proj_size: int, grad: bool) -> bool:
     """Whether torch's own CPU kernel (oneDNN for the LSTM) runs a plain float32 configuration
     faster than the fused kernels, on the machine this was measured on.
 
-    Measured by ``python -m benchmarks.dispatch`` (2 threads, AMD EPYC with AVX-512; see
-    docs/benchmarks.md): torch's GRU and RNN, and its LSTM with a projection, are always slower
-    than the fused kernels; its LSTM is level with them or faster for batches of 16 or more
-    with 128 or more units, and slower for small batches or small layers (where the fused
-    kernels' lighter per-step overhead wins). Rerun the script after changing the kernels or
-    on another machine, and update the rule here.
+    Measured by ``python -m benchmarks.dispatch`` (2 threads, AMD EPYC with AVX-512, T=50;
+    the grid is in docs/benchmarks.md): torch's GRU and RNN, and its LSTM with a projection,
+    are always slower than the fused kernels. Its LSTM is 5-15% faster than them from 128
+    units with batches of 16 or more, and in training from 256 units at any batch size; the
+    fused kernels win with 64 units, and with small batches in inference or at 128 units
+    (their per-step overhead is lower). Rerun the script after changing the kernels or on
+    another machine, and update the rule here.
     """
-    return family == "lstm" and proj_size == 0 and batch >= 16 and hidden >= 128
+    if family != "lstm" or proj_size or hidden < 128:
+        return False
+    return batch >= 16 or (grad and hidden >= 256)
 
 
 def _zoneout_rates(value: Any, state_names: Sequence[str]) -> tuple[float, ...]:
@@ -476,8 +479,11 @@ class _RecurrentBase(nn.Module):
         if x.device.type != "cpu":
             return True
         family = self._cells[0].family
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
         return x.dtype == torch.float32 and _torch_is_faster(
-            family, x.shape[1], self.hidden_size, self.proj_size
+            family, x.shape[1], self.hidden_size, self.proj_size, grad
         )
 
     def _run_torch(self, x: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
