@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python -m lstmkit demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
