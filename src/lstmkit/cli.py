@@ -1,13 +1,14 @@
 """Command-line interface: argument parsing only; the work happens in the library.
 
-``lstmkit demo`` tours the layers. ``lstmkit train TASK --out DIR ...`` trains a task of
-:mod:`lstmkit.tasks` and writes ``DIR/config.json``, ``DIR/model.safetensors``,
-``DIR/metrics.json`` (final validation metrics) and ``DIR/log.csv``, and ``DIR/run.json`` (the
-run's settings); ``--resume`` continues the run in ``DIR`` from its last checkpoint with those
-settings and ``--config FILE`` reads the same options from YAML (flags given on the command line
-win). ``lstmkit evaluate DIR --data FILE`` prints a trained
-model's metrics as one JSON object. Bad flags, configs or data end with a one-line error and exit
-status 2, never a traceback.
+``lstmkit demo`` trains small models and writes an HTML report (``runs/demo/index.html``).
+``lstmkit train TASK --out DIR ...`` trains a task of :mod:`lstmkit.tasks` and writes
+``DIR/config.json``, ``DIR/model.safetensors``, ``DIR/metrics.json`` (final validation
+metrics), ``DIR/log.csv`` and ``DIR/run.json`` (the run's settings); ``--resume`` continues the
+run in ``DIR`` from its last checkpoint with those settings and ``--config FILE`` reads the same
+options from YAML (flags given on the command line win). ``lstmkit evaluate DIR --data FILE``
+prints a trained model's metrics as one JSON object. The tasks add their own commands
+(``generate``, ``translate``, ``tag``, ``predict``, ``forecast``, ``detect``, ``nab``). Bad
+flags, configs or data end with a one-line error and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -127,11 +128,16 @@ def _parser() -> tuple[_Parser, dict[str, _Parser]]:
 
     parser = _Parser(prog="lstmkit", description="Recurrent sequence models: LSTM, GRU and RNN.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a short, real tour of the layers (about 2 minutes)")
-    demo.add_argument("--steps", type=int, default=1200, help="training steps per model")
-    demo.add_argument("--seq-len", type=int, default=50, help="adding-problem length T")
-    demo.add_argument("--hidden", type=int, default=64, help="hidden size of every model")
+    demo = sub.add_parser(
+        "demo",
+        help="a few minutes of real training written up as an HTML report (runs/demo/index.html)",
+    )
+    demo.add_argument("--out", metavar="DIR", default="runs/demo", help="report folder")
+    demo.add_argument(
+        "--data", metavar="FILE", help="text for the character LM (default: the project's docs)"
+    )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="tiny budgets: seconds, for tests")
     demo.add_argument("--json", metavar="FILE", help="also write the measured figures as JSON")
 
     train = sub.add_parser("train", help="train a task; writes DIR/{config,metrics}.json, ...")
@@ -314,11 +320,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    results = demo.run(steps=args.steps, T=args.seq_len, hidden=args.hidden, seed=args.seed)
+    results = demo.run(out=args.out, data=args.data, seed=args.seed, quick=args.quick)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         print(f"figures written to {args.json}")
+    print(f"report written to {results['report']}")
     return 0
 
 
