@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import _checks
-from .readers import _EMPTY_NODE, _ID, _RANGE, PathLike, _path, _read_utf8
+from .readers import CONLLU_COLUMNS, PathLike, _path, _read_utf8, read_conllu
 
 __all__ = ["CONLLU_COLUMNS", "read_columns", "read_conllu_tags", "read_tagged"]
 
 Sentence = list[tuple[str, str]]
 
-#: The tag columns of CoNLL-U that :func:`read_conllu_tags` reads, by name: field index.
-CONLLU_COLUMNS = {"upos": 3, "xpos": 4}
 DOCSTART = "-DOCSTART-"
 
 
@@ -114,63 +112,9 @@ def read_columns(
 
 def read_conllu_tags(path: PathLike, column: str = "upos") -> list[Sentence]:
     """Sentences of a CoNLL-U file as lists of ``(form, tag)``, the tag from ``column``
-    (``'upos'``, the universal tags, or ``'xpos'``, the treebank's own, such as the Penn tags of
-    English-EWT).
-
-    As :func:`lstmkit.data.read_conllu`: comments, multiword-token lines (``1-2``) and empty nodes
-    (``1.1``) are skipped, and a line without 10 tab-separated fields, a malformed ID, IDs that do
-    not count 1, 2, 3 ... within a sentence, or an empty FORM or tag raises ``ValueError`` with
-    the file and the line. A tag of ``_`` (not annotated) is an error too: a tagger trained on
-    ``_`` would learn to predict "no annotation".
-    """
-    column = _checks.choice("column", column, tuple(CONLLU_COLUMNS))
-    field = CONLLU_COLUMNS[column]
-    p = _path(path)
-    text = _read_utf8(p)
-    sentences: list[Sentence] = []
-    current: Sentence = []
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.removesuffix("\r")
-        if not line.strip():
-            if current:
-                sentences.append(current)
-                current = []
-            continue
-        if line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        where = f"{p}, line {number}"
-        if len(fields) != 10:
-            raise ValueError(
-                f"{where}: expected 10 tab-separated fields (ID FORM LEMMA UPOS XPOS FEATS HEAD "
-                f"DEPREL DEPS MISC), got {len(fields)}: {line[:80]!r}"
-            )
-        token_id, form, tag = fields[0], fields[1], fields[field]
-        if _RANGE.match(token_id) or _EMPTY_NODE.match(token_id):
-            continue
-        if not _ID.match(token_id):
-            raise ValueError(
-                f"{where}: the ID must be a word index (1, 2, ...), a range (1-2) or an empty "
-                f"node (1.1), got {token_id!r}"
-            )
-        if int(token_id) != len(current) + 1:
-            raise ValueError(
-                f"{where}: expected word ID {len(current) + 1} (IDs count from 1 within a "
-                f"sentence; is a blank line missing?), got {token_id}"
-            )
-        if not form:
-            raise ValueError(f"{where}: the FORM field (word {token_id}) is empty")
-        if not tag or tag == "_":
-            raise ValueError(
-                f"{where}: the {column.upper()} field (word {token_id}) is "
-                f"{'empty' if not tag else repr(tag) + ' (not annotated)'}"
-            )
-        current.append((form, tag))
-    if current:
-        sentences.append(current)
-    if not sentences:
-        raise ValueError(f"{p} holds no sentences: expected CoNLL-U token lines")
-    return sentences
+    (``'upos'`` or ``'xpos'``): :func:`lstmkit.data.read_conllu`, under the name that sits beside
+    :func:`read_columns` and :func:`read_tagged`."""
+    return read_conllu(path, column)
 
 
 def read_tagged(

@@ -196,15 +196,24 @@ _EMPTY_NODE = re.compile(r"^[0-9]+\.[1-9][0-9]*$")
 _ID = re.compile(r"^[1-9][0-9]*$")
 
 
-def read_conllu(path: PathLike) -> list[list[tuple[str, str]]]:
-    """Sentences of a CoNLL-U file (Universal Dependencies) as lists of ``(form, upos)``.
+#: The CoNLL-U columns a tag can be read from, with their field index.
+CONLLU_COLUMNS = {"upos": 3, "xpos": 4}
+
+
+def read_conllu(path: PathLike, column: str = "upos") -> list[list[tuple[str, str]]]:
+    """Sentences of a CoNLL-U file (Universal Dependencies) as lists of ``(form, tag)``, the tag
+    from ``column``: ``'upos'`` (the universal tags, the default) or ``'xpos'`` (the treebank's
+    own, such as the Penn tags of English-EWT).
 
     Comment lines (``#``), multiword-token lines (ID ``1-2``: the surface token, whose words
     follow on their own lines) and empty nodes (ID ``1.1``, enhanced-graph nodes with no
     surface word) are skipped; a blank line ends a sentence. A line without the 10
     tab-separated fields, a malformed ID, word IDs that do not count 1, 2, 3, ... within a
-    sentence, or an empty FORM or UPOS raises ``ValueError`` naming the file and the line.
+    sentence, an empty FORM or tag, or a tag of ``_`` (not annotated: a tagger trained on it
+    would learn to predict "no annotation") raises ``ValueError`` naming the file and the line.
     """
+    column = _checks.choice("column", column, tuple(CONLLU_COLUMNS))
+    field = CONLLU_COLUMNS[column]
     p = _path(path)
     text = _read_utf8(p)
     sentences: list[list[tuple[str, str]]] = []
@@ -226,7 +235,7 @@ def read_conllu(path: PathLike) -> list[list[tuple[str, str]]]:
                 f"{where}: expected 10 tab-separated fields (ID FORM LEMMA UPOS XPOS FEATS HEAD "
                 f"DEPREL DEPS MISC), got {len(fields)}: {line[:80]!r}"
             )
-        token_id, form, upos = fields[0], fields[1], fields[3]
+        token_id, form, tag = fields[0], fields[1], fields[field]
         if _RANGE.match(token_id) or _EMPTY_NODE.match(token_id):
             continue
         if not _ID.match(token_id):
@@ -239,10 +248,14 @@ def read_conllu(path: PathLike) -> list[list[tuple[str, str]]]:
                 f"{where}: expected word ID {len(current) + 1} (IDs count from 1 within a "
                 f"sentence; is a blank line missing?), got {token_id}"
             )
-        if not form or not upos:
-            column = "FORM" if not form else "UPOS"
-            raise ValueError(f"{where}: the {column} field (word {token_id}) is empty")
-        current.append((form, upos))
+        if not form:
+            raise ValueError(f"{where}: the FORM field (word {token_id}) is empty")
+        if not tag or tag == "_":
+            raise ValueError(
+                f"{where}: the {column.upper()} field (word {token_id}) is "
+                f"{'empty' if not tag else repr(tag) + ' (not annotated)'}"
+            )
+        current.append((form, tag))
     if current:
         sentences.append(current)
     if not sentences:
