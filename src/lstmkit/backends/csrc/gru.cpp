@@ -780,19 +780,10 @@ std::vector<Tensor> gru_backward_impl(const GruArgs& a, const Layout& lay, doubl
   b.row_split = nt == 1 || split_rows(n0, nt);
   run_team(nt, [&](const Team& team) { b.run(team); });
 
-  Tensor dh0 = dh;
-  if (n0) {
-    Tensor back = dhr.narrow(0, 0, n0);
-    if (a.h_mask.defined()) back = back * a.h_mask.narrow(0, 0, n0);
-    dh0.narrow(0, 0, n0).add_(back);
-  }
+  Tensor dh0 = initial_state_grad(dh, dhr, a.h_mask, n0);
   Tensor d_in = dA, d_ln_ih;
   if (a.ln_ih.defined()) {
-    auto r = at::native_layer_norm_backward(dA, xw, {G}, mean_ih.view({N, 1}),
-                                            rstd_ih.view({N, 1}), a.ln_ih, std::nullopt,
-                                            {true, false, false});
-    d_in = std::get<0>(r);
-    d_ln_ih = col_dot(dA, xw, mean_ih, rstd_ih);  // the gain's: same bits for any thread count
+    std::tie(d_in, d_ln_ih) = ln_ih_backward(dA, xw, G, mean_ih, rstd_ih, a.ln_ih);
   }
   const Tensor x2 = a.x2();
   const Tensor w_ih = a.w_ih;

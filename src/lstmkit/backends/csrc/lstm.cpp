@@ -1048,21 +1048,12 @@ std::vector<Tensor> backward_impl(const Args& a, const Layout& lay, const Option
   run_team(nt, [&](const Team& team) { b.run(team); });
 
   // dh0: the carry, plus what step 0's recurrent product sends back through the dropout mask
-  Tensor dh0 = dh;
-  if (n0) {
-    Tensor back = dhr.narrow(0, 0, n0);
-    if (a.h_mask.defined()) back = back * a.h_mask.narrow(0, 0, n0);
-    dh0.narrow(0, 0, n0).add_(back);
-  }
+  Tensor dh0 = initial_state_grad(dh, dhr, a.h_mask, n0);
   // the products over all rows
   const Tensor operand = std::is_same_v<TA, T> ? (b.ln ? dU : dA) : dAm;
   Tensor d_in = dA, d_ln_ih;
   if (a.ln_ih.defined()) {
-    auto r = at::native_layer_norm_backward(dA, xw, {G}, mean_ih.view({N, 1}),
-                                            rstd_ih.view({N, 1}), a.ln_ih, std::nullopt,
-                                            {true, false, false});
-    d_in = std::get<0>(r);
-    d_ln_ih = col_dot(dA, xw, mean_ih, rstd_ih);  // the gain's: same bits for any thread count
+    std::tie(d_in, d_ln_ih) = ln_ih_backward(dA, xw, G, mean_ih, rstd_ih, a.ln_ih);
   }
   const Tensor d_in_op = a.bf16 ? (a.ln_ih.defined() || !std::is_same_v<TA, BF16> ? d_in.to(at::kBFloat16) : dAm)
                                 : d_in;

@@ -5,6 +5,9 @@
 
 #include "gemm.h"
 
+#include <tuple>
+#include <utility>
+
 namespace lstmkit {
 
 enum SaveMode : int64_t { kInference = 0, kSave = 1, kStates = 2 };
@@ -314,6 +317,31 @@ inline Tensor product(const Tensor& a, const Tensor& b, bool trans) {
     return (trans ? a16.t() : a16).mm(b16);
   }
   return matmul(a, b, trans);
+}
+
+// dL/dh0 of a backward scan: the gradient carried past step 0 (dh, updated in place) plus
+// what step 0's recurrent product sent back (dhr), through the recurrent-dropout mask; only the
+// n0 rows that step 0 runs (the batch is sorted by length).
+inline Tensor initial_state_grad(Tensor dh, const Tensor& dhr, const Tensor& h_mask, int64_t n0) {
+  if (n0) {
+    Tensor back = dhr.narrow(0, 0, n0);
+    if (h_mask.defined()) back = back * h_mask.narrow(0, 0, n0);
+    dh.narrow(0, 0, n0).add_(back);
+  }
+  return dh;
+}
+
+// LN_ih backward over all rows (N, width): {dL/d(x W_ih^T), dL/d gain}. ATen computes the
+// input gradient row by row; the gain's is a column sum by col_dot, the same bits for any
+// number of threads.
+inline std::pair<Tensor, Tensor> ln_ih_backward(const Tensor& dA, const Tensor& xw, int64_t width,
+                                                const Tensor& mean, const Tensor& rstd,
+                                                const Tensor& gain) {
+  const int64_t N = dA.size(0);
+  auto r = at::native_layer_norm_backward(dA, xw, {width}, mean.view({N, 1}),
+                                          rstd.view({N, 1}), gain, std::nullopt,
+                                          {true, false, false});
+  return {std::get<0>(r), col_dot(dA, xw, mean, rstd)};
 }
 
 // ------------------------------------------------------------------------------ arguments
