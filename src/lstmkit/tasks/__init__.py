@@ -97,13 +97,18 @@ class Estimator(abc.ABC):
         *,
         out: str | os.PathLike[str] | None,
         resume: bool,
+        objective: Callable[[nn.Module], nn.Module] | None = None,
     ) -> FitResult:
         """Build the model from the seed and train it; with ``out``, save the estimator there
-        (``model.safetensors`` and ``config.json``, next to the run's checkpoints and log)."""
+        (``model.safetensors`` and ``config.json``, next to the run's checkpoints and log).
+
+        ``objective(model)``, if given, is what :func:`~lstmkit.train.fit` trains instead of the
+        model itself: a module that holds the model and adds to its forward what only training
+        needs (the language model's activation regularisers); the model is what is kept."""
         torch.manual_seed(self.train_config.seed)  # the initial weights follow the seed
         model = self.build_model()
         result = fit(
-            model,
+            model if objective is None else objective(model),
             data,
             loss=loss,
             val_data=val_data,

@@ -48,7 +48,6 @@ from ..data.tokenizers import KINDS, Tokenizer, tokenizer_from_dict, train_token
 from ..decode import stream
 from ..nn import GRU, LSTM, RNN
 from ..train import TBPTT
-from ..train import fit as train_fit
 from . import Command, Estimator, TaskSpec, register, register_command
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -585,24 +584,20 @@ class LanguageModelEstimator(Estimator):
             data = self._stream(val_text, self.eval_batch_size, "the validation text")
             val_windows = LMWindows(data, self.bptt, random_length=False, seed=0)
 
-        torch.manual_seed(self.train_config.seed)  # the initial weights follow the seed
-        model = self.build_model()
-        objective = _Objective(model, self.alpha, self.beta)
-        result = train_fit(
-            objective,
+        self._fit_model(
             train,
-            loss=TBPTT(_criterion),
-            val_data=val_windows,
-            config=self.train_config,
+            val_windows,
+            TBPTT(_criterion),
             out=out,
             resume=resume,
-            meta={"task": self.task, "params": self.get_params()},
+            objective=self._objective,
         )
-        self.model_ = model.eval()
-        self.fit_result_ = result
-        if out is not None and result.main_process:
-            self.save(out)
         return self
+
+    def _objective(self, model: nn.Module) -> nn.Module:
+        """What training runs: the model inside :class:`_Objective` (NLL, AR and TAR)."""
+        assert isinstance(model, LanguageModel)
+        return _Objective(model, self.alpha, self.beta)
 
     def _lm(self) -> LanguageModel:
         model = self._require_model()
