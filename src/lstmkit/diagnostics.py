@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from . import _checks
 from .backends import Regularisation
-from .backends.reference import zoneout
+from .backends.reference import scan as reference_scan
 from .cells import CellMath, Params, State
 from .nn.layers import GRU, LSTM, RNN, _RecurrentBase
 from .recurrent import Rates, draw_regularisation, reverse_padded, valid_mask
@@ -121,39 +121,17 @@ class _Direction:
 def _scan(
     cell: CellMath, p: Params, x: Tensor, state: State, valid: Tensor | None, reg: Regularisation
 ) -> tuple[Tensor, _Direction]:
-    """:func:`lstmkit.backends.reference.scan`, operation for operation, keeping every state
-    and gate. ``reverse`` of the returned record is False: the caller sets it."""
-    T, B = x.shape[0], x.shape[1]
+    """:func:`lstmkit.backends.reference.scan`, keeping every state and gate through its
+    ``observe`` hook. ``reverse`` of the returned record is False: the caller sets it."""
     record = _Direction([], [], [], reverse=False)
-    if T == 0:
-        return x.new_zeros(0, B, cell.output_size), record
-    xp = cell.project_input(x, p)
-    rates = reg.zoneout
-    n_state = len(state)
-    masks: list[tuple[Tensor | None, ...]]
-    if rates is not None and reg.zoneout_masks is not None:
-        per_step = [m.unbind(0) if m is not None else (None,) * T for m in reg.zoneout_masks]
-        masks = list(zip(*per_step, strict=True))
-    else:
-        masks = [(None,) * n_state] * T
-    outputs: list[Tensor] = []
-    valid_steps = valid.unbind(0) if valid is not None else (None,) * T
-    for xp_t, ok, keep in zip(xp.unbind(0), valid_steps, masks, strict=True):
-        new, step_gates = cell.step_with_gates(xp_t, state, p, reg.h_mask)
-        record.computed.append(new)
-        record.gates.append(step_gates)
-        if rates is not None:
-            new = tuple(
-                zoneout(n, o, r, k) for n, o, r, k in zip(new, state, rates, keep, strict=True)
-            )
-        if ok is None:
-            state = new
-            outputs.append(new[0])
-        else:
-            state = tuple(torch.where(ok, n, o) for n, o in zip(new, state, strict=True))
-            outputs.append(new[0].masked_fill(~ok, 0.0))
-        record.states.append(state)
-    return torch.stack(outputs), record
+
+    def observe(computed: State, gates: dict[str, Tensor], carried: State) -> None:
+        record.computed.append(computed)
+        record.gates.append(gates)
+        record.states.append(carried)
+
+    y, _ = reference_scan(cell, p, x, state, valid, reg, observe=observe)
+    return y, record
 
 
 def _unroll(
@@ -192,8 +170,6 @@ def _unroll(
                 cell, module._params(layer, direction), layer_input, rates, training
             )
             xd = layer_input
-            if valid is not None:
-                xd = xd.masked_fill(~valid, 0.0)
             if input_mask is not None:
                 xd = xd * input_mask
             if reverse:

@@ -6,6 +6,8 @@ It iterates over ``xp.unbind(0)`` rather than indexing ``xp[t]`` inside the loop
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -30,12 +32,18 @@ def scan(
     state: State,
     valid: Tensor | None,
     reg: Regularisation,
+    *,
+    observe: Callable[[State, dict[str, Tensor], State], None] | None = None,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` left to right over ``x`` of shape ``(T, B, input)``.
 
     ``valid`` is ``None`` (every step valid) or a ``(T, B, 1)`` bool tensor; on invalid steps the
     state is carried unchanged and the output is zero. Returns the outputs ``(T, B, out)`` and the
     final state.
+
+    ``observe(computed, gates, state)``, if given, is called after every step with what the step
+    computed (before zoneout), its gate activations and the carried state:
+    :mod:`lstmkit.diagnostics` reads the recurrence through it.
     """
     T, B = x.shape[0], x.shape[1]
     if T == 0:
@@ -57,7 +65,11 @@ def scan(
     outputs = []
     valid_steps = valid.unbind(0) if valid is not None else (None,) * T
     for xp_t, ok, keep in zip(xp.unbind(0), valid_steps, masks, strict=True):
-        new = cell.step(xp_t, state, p, reg.h_mask)
+        if observe is None:
+            new = cell.step(xp_t, state, p, reg.h_mask)
+        else:
+            new, gates = cell.step_with_gates(xp_t, state, p, reg.h_mask)
+            computed = new
         if rates is not None:
             new = tuple(
                 zoneout(n, o, r, k) for n, o, r, k in zip(new, state, rates, keep, strict=True)
@@ -68,4 +80,6 @@ def scan(
         else:
             state = tuple(torch.where(ok, n, o) for n, o in zip(new, state, strict=True))
             outputs.append(new[0].masked_fill(~ok, 0.0))
+        if observe is not None:
+            observe(computed, gates, state)
     return torch.stack(outputs), state
