@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--max-time", type=float, default=20.0, help="minutes per model")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.33)
+    parser.add_argument("--char-features", type=int, default=100)
+    parser.add_argument("--output", choices=("softmax", "crf"), default="softmax")
     parser.add_argument("--word-dim", type=int, default=100)
     parser.add_argument("--char-encoder", choices=("lstm", "cnn", "none"), default="lstm")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -118,6 +122,10 @@ def main() -> None:
             "word_dim": args.word_dim,
             "char_encoder": args.char_encoder,
             "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers,
+            "dropout": args.dropout,
+            "char_features": args.char_features,
+            "output": args.output,
             "batch_size": args.batch_size,
             "min_count": args.min_count,
             "max_epochs": args.max_epochs,

@@ -298,6 +298,38 @@ def test_a_mask_that_is_not_lengths_runs_the_reference_loop():
         assert torch.equal(a, b)
 
 
+def test_the_length_layout_is_computed_once_per_forward(monkeypatch):
+    """A stacked bidirectional layer passes one mask to its four scans: the sort and the row
+    indices are computed once, and a mask changed in place (or a new one) is not served stale."""
+    calls = []
+    compute = fused._compute_layout
+
+    def counting(valid, T, B):
+        calls.append((T, B))
+        return compute(valid, T, B)
+
+    monkeypatch.setattr(fused, "_compute_layout", counting)
+    lstm = lstmkit.LSTM(I, H, num_layers=2, bidirectional=True, backend="fused")
+    x = torch.randn(T, B, I)
+    lengths = torch.tensor([T, 3, T - 1, 1][:B] + [2] * max(0, B - 4))
+    lstm(x, lengths=lengths)
+    assert len(calls) == 1
+    lstm(x, lengths=lengths)  # a new forward builds a new mask
+    assert len(calls) == 2
+
+    cell = lstmkit.LSTM(I, H).cell_math[0]
+    p = {n: torch.randn(s) * 0.5 for n, s in cell.parameter_shapes().items()}
+    state = (torch.zeros(B, H), torch.zeros(B, H))
+    valid = torch.arange(T)[:, None, None] < lengths[None, :, None]
+    reg = backends.Regularisation()
+    fused.scan(cell, p, x, state, valid, reg)
+    valid[:, 0] = torch.arange(T)[:, None] < 2  # shorten sequence 0 in place
+    out_f, _ = fused.scan(cell, p, x, state, valid, reg)
+    out_r, _ = backends.reference_scan(cell, p, x, state, valid, reg)
+    torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 4
+
+
 # --------------------------------------------------------------------------- recompute
 def _saved_bytes(module, x, lengths):
     """Bytes autograd saves for backward over one forward of ``module``."""

@@ -49,6 +49,7 @@ backend only where both hold (see :func:`lstmkit.backends.resolve`).
 from __future__ import annotations
 
 import importlib
+import weakref
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -133,11 +134,30 @@ class _Layout:
     rows: Tensor  # (N,) packed row -> t * B + order[b]
 
 
+# The last layout computed, keyed on the mask tensor itself (a weak reference, so a new tensor
+# that happens to reuse a freed one's id never hits) and its version counter. A stacked or
+# bidirectional layer passes the same mask to every layer and direction, so the sort and the
+# row indices are computed once per forward call, not once per layer and direction.
+_LAST_LAYOUT: tuple[weakref.ref[Tensor], int, int, int, _Layout | bool] | None = None
+
+
 def _layout(valid: Tensor | None, T: int, B: int) -> _Layout | bool | None:
     """``None`` without lengths; ``False`` where ``valid`` is not a prefix mask per sequence
     (not what lstmkit's layers build; the kernels need lengths)."""
+    global _LAST_LAYOUT
     if valid is None:
         return None
+    cached = _LAST_LAYOUT
+    if cached is not None:
+        ref, version, t, b, lay = cached
+        if ref() is valid and version == valid._version and (t, b) == (T, B):
+            return lay
+    lay = _compute_layout(valid, T, B)
+    _LAST_LAYOUT = (weakref.ref(valid), valid._version, T, B, lay)
+    return lay
+
+
+def _compute_layout(valid: Tensor, T: int, B: int) -> _Layout | bool:
     v = valid.reshape(T, B).to(torch.bool)
     lengths = v.sum(0)
     steps = torch.arange(T, device=v.device)
