@@ -35,3 +35,19 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The documentation site (docs/ and the API reference generated from the docstrings, mkdocs.yml):
+# `make docs` writes it to site/. The docs extra is installed on its own, from the requirements
+# the editable install recorded for it, so the project (and its C++ extension) is not reinstalled.
+DOCS_STAMP := $(VENV)/.lstmkit-docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -c 'from importlib.metadata import requires; print("\n".join(r.split(";")[0] for r in requires("lstmkit") or [] if "extra == \"docs\"" in r))' > $(VENV)/docs-requirements.txt
+	test -s $(VENV)/docs-requirements.txt
+	$(BIN)/pip install -q -r $(VENV)/docs-requirements.txt
+	touch $(DOCS_STAMP)
+
+.PHONY: docs
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "site: $(CURDIR)/site/index.html"

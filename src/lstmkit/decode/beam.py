@@ -119,9 +119,15 @@ def beam_search(
     """Beam search for the most likely sequences under ``step`` (rules in :mod:`.beam`).
 
     Args:
-        step, state, bos, eos, max_len, min_len, no_repeat_ngram_size, pad: as in
-            :func:`~lstmkit.decode.greedy`. ``step`` must return normalised log-probabilities
+        step: as in :func:`~lstmkit.decode.greedy`; it must return normalised log-probabilities
             (``log_softmax``), which the stopping rule relies on.
+        state: as in :func:`~lstmkit.decode.greedy`.
+        bos: as in :func:`~lstmkit.decode.greedy`.
+        eos: as in :func:`~lstmkit.decode.greedy`.
+        max_len: as in :func:`~lstmkit.decode.greedy`.
+        min_len: as in :func:`~lstmkit.decode.greedy`.
+        no_repeat_ngram_size: as in :func:`~lstmkit.decode.greedy`.
+        pad: as in :func:`~lstmkit.decode.greedy`.
         beam_size: ``K``, the alive hypotheses kept per sequence.
         n_best: how many finished hypotheses to return per sequence (``<= beam_size``).
         length_penalty: ``'none'``, ``'average'`` or ``'gnmt'`` (see :func:`length_divisor`),

@@ -238,7 +238,8 @@ def stream(
     lazy: nothing runs before the first ``next()``, and stopping early costs nothing more.
 
     Args:
-        step, state: as for :func:`greedy`, with one row (``state`` for the start of the prompt).
+        step: as for :func:`greedy`, with one row.
+        state: as for :func:`greedy`, with one row: the state for the start of the prompt.
         prompt: a non-empty list or 1-D int64 tensor of token ids.
         max_new_tokens: stop after yielding this many tokens (``None``: only ``eos`` stops).
         eos: when given, yielding it ends the stream (it is yielded, so the caller can tell an

@@ -734,6 +734,13 @@ class LSTM(_RecurrentBase):
     def forward(  # type: ignore[override]
         self, input: Any, hx: Any = None, lengths: Any = None
     ) -> tuple[Any, tuple[Tensor, Tensor]]:
+        """Run the stack and return ``output, (h_n, c_n)`` shaped as ``torch.nn.LSTM`` does.
+
+        ``input`` is ``(T, B, input_size)`` (``(B, T, input_size)`` with ``batch_first``),
+        ``(T, input_size)`` unbatched, or a ``PackedSequence``. ``lengths`` (B,) gives each
+        sequence's valid length without packing: outputs past it are zero and the final state is
+        the one at the last valid step (a zero length returns the initial state).
+        """
         return super().forward(input, hx, lengths)
 
 
