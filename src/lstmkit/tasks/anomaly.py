@@ -34,9 +34,13 @@ order, with no training data. :class:`OnlineDetector` is the detector for that: 
 series as it goes (an LSTM forecaster trained every few steps on recent windows), and turns its
 errors into an anomaly likelihood as Numenta's HTM detector does (Ahmad et al. 2017): the
 average of the last few errors against the distribution of the errors over a long trailing
-window. ``lstmkit nab`` runs it over a NAB-layout directory and scores it with
-:mod:`lstmkit.metrics.nab`; ``lstmkit detect`` scores one CSV file with it (or with a trained
-detector given ``--model``). See ``docs/anomaly.md``.
+window. :class:`OnlineScorer` fuses that likelihood with two cheap streaming tests, the
+likelihood of a seasonal error (:class:`SeasonalError`: the value against the same time a day
+and a week before) and HTM's spatial test (:class:`SpatialNovelty`: a value outside the range
+seen so far), and silences repeats of an alarm for a refractory period. ``lstmkit nab`` runs
+it over a NAB-layout directory and scores it with :mod:`lstmkit.metrics.nab`; ``lstmkit
+detect`` scores one CSV file with it (or with a trained detector given ``--model``). See
+``docs/anomaly.md``.
 """
 
 from __future__ import annotations
@@ -637,19 +641,35 @@ class DetectorStream:
 
 
 # ---------------------------------------------------------------------- online detector (NAB)
+_DAY_SECONDS = 86400.0
+_SEASON_PROBE = 8  # sampling intervals whose median gives the step of a stream's clock
+_MIN_SEASON, _MAX_SEASON = 4, 2880  # steps per day: from 6-hourly to 30-second data
+#: the score of a value outside the range seen so far (``p = 1e-10`` on the likelihood's scale),
+#: as HTM's detector scores a spatial anomaly 1.0
+SPATIAL_SCORE = 1.0
+
+
 @dataclass
 class OnlineConfig:
     """Settings of :class:`OnlineDetector` (the defaults are those ``lstmkit nab`` runs).
 
-    ``hidden_size``: LSTM units. ``bptt``: length of the training windows. ``memory``: how many
-    recent values training windows are drawn from. ``train_every``: steps between two updates,
-    each ``batch`` windows and one Adam step at ``lr`` (training starts once ``bptt + 1``
-    values are in memory). ``warmup``: steps before any score is given. ``short`` / ``long``:
-    the anomaly likelihood's averaging and reference windows (Ahmad et al. 2017 use 10 and
-    8640 steps; NAB's files are short, so the reference window is shorter here).
-    ``refractory``: after a score of at least ``alert``, later scores are capped below
+    The forecaster: ``hidden_size``: LSTM units. ``bptt``: length of the training windows.
+    ``memory``: how many recent values training windows are drawn from. ``train_every``: steps
+    between two updates, each ``batch`` windows and one Adam step at ``lr`` (training starts
+    once ``bptt + 1`` values are in memory). ``warmup``: steps before any score is given (and
+    before the spatial test may fire).
+
+    The scores (see :class:`OnlineScorer`): ``short`` / ``long``: the anomaly likelihood of the
+    forecast errors, its averaging and reference windows (Ahmad et al. 2017 use 10 and 8640
+    steps; NAB's files are short). ``season``: the seasonal test's period in steps; ``None``
+    infers a day from the timestamps (when a day is a whole number of steps), ``0`` turns the
+    test off. ``weekly``: also compare with the same time ``7 * season`` steps back.
+    ``season_short`` / ``season_long``: the likelihood windows of the seasonal errors.
+    ``spatial``: the tolerance of the spatial test (a value beyond the range of all earlier
+    values widened by this share of its width scores :data:`SPATIAL_SCORE`); ``None`` turns it
+    off. ``refractory``: after a score of at least ``alert``, later scores are capped below
     ``alert`` for this many steps, the way an alerting system silences repeats of an alarm it
-    has just raised."""
+    has just raised; ``alert`` is the detector's operating threshold."""
 
     hidden_size: int = 16
     bptt: int = 24
@@ -658,18 +678,28 @@ class OnlineConfig:
     batch: int = 8
     lr: float = 3e-3
     warmup: int = 100
-    short: int = 2
-    long: int = 3000
-    refractory: int = 60
-    alert: float = 0.8
+    short: int = 3
+    long: int = 2000
+    season: int | None = None
+    weekly: bool = True
+    season_short: int = 2
+    season_long: int = 1000
+    spatial: float | None = 0.0
+    refractory: int = 120
+    alert: float = 0.525
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "bptt", "train_every", "batch", "short", "long"):
             _checks.positive_int(name, getattr(self, name))
+        for name in ("season_short", "season_long"):
+            _checks.positive_int(name, getattr(self, name))
         _checks.positive_int("warmup", self.warmup, allow_zero=True)
         _checks.positive_int("refractory", self.refractory, allow_zero=True)
         _checks.positive_int("seed", self.seed, allow_zero=True)
+        _check_season(self.season)
+        _checks.boolean("weekly", self.weekly)
+        _check_tolerance(self.spatial, "spatial")
         if _checks.positive_int("memory", self.memory) <= self.bptt + 1:
             raise ValueError(
                 f"memory must exceed bptt + 1 = {self.bptt + 1} (training windows are drawn "
@@ -677,7 +707,163 @@ class OnlineConfig:
             )
         if not _checks.real("lr", self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        _checks.real("alert", self.alert)
+        if not _checks.real("alert", self.alert) > 0:
+            raise ValueError(f"alert must be > 0, got {self.alert}")
+
+
+def _check_season(season: Any) -> int | None:
+    if season is None:
+        return None
+    if _checks.positive_int("season", season, allow_zero=True) == 1:
+        raise ValueError(
+            "season must be None (a day, from the timestamps), 0 (off) or a period of at least "
+            "2 steps, got 1"
+        )
+    return int(season)
+
+
+def _check_tolerance(tolerance: Any, name: str) -> float | None:
+    if tolerance is None:
+        return None
+    value = _checks.real(name, tolerance)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite tolerance >= 0 or None (off), got {tolerance}")
+    return value
+
+
+def _seconds(time: Any) -> float:
+    """A timestamp as seconds: numbers are taken as seconds already, anything else (datetime64,
+    datetime, an ISO string) goes through ``numpy.datetime64``."""
+    if isinstance(time, (int, float, np.integer, np.floating)) and not isinstance(time, bool):
+        return float(time)
+    try:
+        stamp = np.datetime64(time, "ns")
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"time must be seconds or a date and time (datetime64, datetime or ISO string), got "
+            f"{_checks.describe(time)}"
+        ) from None
+    return float(stamp.astype(np.int64)) / 1e9
+
+
+def daily_season(step: float) -> int | None:
+    """Steps per day for a stream sampled every ``step`` seconds, or None when a day is not
+    (within 1%) a whole number of steps between 4 and 2880 (6-hourly to 30-second data)."""
+    if not step > 0 or not math.isfinite(step):
+        return None
+    period = round(_DAY_SECONDS / step)
+    if not _MIN_SEASON <= period <= _MAX_SEASON:
+        return None
+    if abs(period * step - _DAY_SECONDS) > 0.01 * _DAY_SECONDS:
+        return None
+    return int(period)
+
+
+class SeasonalError:
+    """The seasonal (contextual) error of a stream, one step at a time, in O(1).
+
+    The raw score of ``x_t`` is ``|x_t - x_{t-P}|``, ``P`` the season in steps, and with
+    ``weekly`` the smaller of that and ``|x_t - x_{t-7P}|`` once ``7P`` steps have been seen: a
+    value unlike both the same time yesterday and the same time last week is out of its
+    context (a quiet Sunday that looks like last Sunday is not). A one-step forecaster misses
+    exactly this: a daily peak that is higher, lower or missing, a holiday that looks like an
+    ordinary day step by step. A ring buffer of the last ``7P`` values makes it O(1) per step.
+
+    ``season=None`` infers ``P`` as a day from the timestamps passed to :meth:`step`: the
+    median of the first 8 sampling intervals (see :func:`daily_season`); the test stays off
+    when that is no usable season or when a timestamp is missing. ``season=0`` is off. Values
+    should be on a common scale (``OnlineDetector`` passes its standardised values)."""
+
+    def __init__(self, season: int | None = None, weekly: bool = True) -> None:
+        self.season = _check_season(season)
+        self.weekly = _checks.boolean("weekly", weekly)
+        self.period: int | None = None
+        self._off = self.season == 0
+        self._times: list[float] = []
+        self._pending: list[float] = []
+        self._ring: list[float] = []
+        self._lags: tuple[int, ...] = ()
+        self._t = 0
+        if self.season:
+            self._start(self.season)
+
+    @property
+    def active(self) -> bool:
+        """Whether the season is known (and the test on)."""
+        return self.period is not None
+
+    def _start(self, period: int) -> None:
+        self.period = period
+        self._lags = (period, 7 * period) if self.weekly else (period,)
+        size = max(self._lags)
+        self._ring = [0.0] * size
+        for t in range(max(0, self._t - size), self._t):
+            self._ring[t % size] = self._pending[t]
+        self._pending = []
+
+    def step(self, x: float, time: Any = None) -> float | None:
+        """The raw score of the next value ``x`` (stamped ``time``), or None while no earlier
+        value at the same phase exists (and always when off)."""
+        t = self._t
+        if self.period is None and not self._off:
+            if time is None:
+                self._off = True
+                self._pending = []
+            else:
+                self._times.append(_seconds(time))
+                self._pending.append(x)
+                if len(self._times) > _SEASON_PROBE:
+                    period = daily_season(float(np.median(np.diff(self._times))))
+                    self._times = []
+                    if period is None:
+                        self._off = True
+                        self._pending = []
+                    else:
+                        self._pending.pop()  # x is stored below, with the ring
+                        self._start(period)
+        self._t += 1
+        if self.period is None:
+            return None
+        size = len(self._ring)
+        raw: float | None = None
+        for lag in self._lags:
+            if t >= lag:
+                error = abs(x - self._ring[(t - lag) % size])
+                raw = error if raw is None else min(raw, error)
+        self._ring[t % size] = x
+        return raw
+
+
+class SpatialNovelty:
+    """HTM's spatial anomaly test (NAB's Numenta detector): is a value outside the range of all
+    the values before it, widened by ``tolerance`` times that range's width on either side?
+
+    The running minimum and maximum make it O(1). It flags new extremes: a level shift to
+    heights the series never reached, a spike above every earlier one, a drop below the floor.
+    ``warmup``: values seen before it may fire (the first ranges are narrow). A constant series
+    never fires; its first different value does."""
+
+    def __init__(self, tolerance: float = 0.0, warmup: int = 0) -> None:
+        tol = _check_tolerance(tolerance, "tolerance")
+        if tol is None:
+            raise ValueError("tolerance must be a finite tolerance >= 0, got None")
+        self.tolerance = tol
+        self.warmup = _checks.positive_int("warmup", warmup, allow_zero=True)
+        self._low = math.inf
+        self._high = -math.inf
+        self._n = 0
+
+    def step(self, value: float) -> bool:
+        """Whether ``value`` is new: outside the widened range of the values before it."""
+        n = self._n
+        self._n += 1
+        novel = False
+        if n > 0 and n >= self.warmup:
+            margin = self.tolerance * (self._high - self._low)
+            novel = value > self._high + margin or value < self._low - margin
+        self._low = min(self._low, value)
+        self._high = max(self._high, value)
+        return novel
 
 
 class AnomalyLikelihood:
@@ -690,7 +876,8 @@ class AnomalyLikelihood:
     it is not capped): a log scale, so that events with p = 1e-6 and p = 1e-12 stay apart under
     one corpus-wide threshold, even where ``p`` itself underflows.
     After a score of at least ``alert``, the next ``refractory`` scores are capped just below
-    it, as an alerting system silences repeats of an alarm it has just raised."""
+    it, as an alerting system silences repeats of an alarm it has just raised
+    (:class:`OnlineScorer` applies its refractory period to the fused score instead)."""
 
     def __init__(
         self, short: int, long: int, warmup: int, refractory: int = 0, alert: float = 0.5
@@ -704,6 +891,11 @@ class AnomalyLikelihood:
         self._recent_sum = 0.0
         self._n = 0
         self._quiet = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether the warm-up is over (scores are given)."""
+        return self._n > self.warmup
 
     def step(self, raw: float) -> float:
         """The score of the next raw score ``raw``."""
@@ -735,18 +927,76 @@ class AnomalyLikelihood:
         return score
 
 
+class OnlineScorer:
+    """The scoring half of :class:`OnlineDetector`: three streaming tests fused into one score.
+
+    Per step, all O(1):
+
+    1. **forecast**: the anomaly likelihood (``short``, ``long``) of the forecaster's absolute
+       one-step error;
+    2. **seasonal**: the anomaly likelihood (``season_short``, ``season_long``) of the
+       :class:`SeasonalError` of the standardised value, from the step its season is known;
+    3. **spatial**: :class:`SpatialNovelty` of the raw value.
+
+    Each likelihood score is ``-log10(p) / 10`` for a tail probability ``p``; the fused score is
+    that of the smallest ``p``, Bonferroni-corrected for the number ``k`` of likelihood tests
+    giving scores: ``-log10(min(1, k * min p)) / 10``. A spatial novelty raises it to at least
+    :data:`SPATIAL_SCORE`. Finally the refractory period: after a fused score of at least
+    ``alert``, the next ``refractory`` scores are capped just below ``alert``, so that one
+    anomaly raises one alarm (NAB counts the first detection in a window and charges every
+    detection outside one). With ``refractory=0`` the scores are the raw fused ones."""
+
+    def __init__(self, config: OnlineConfig | None = None) -> None:
+        self.config = cfg = config if config is not None else OnlineConfig()
+        self.forecast = AnomalyLikelihood(cfg.short, cfg.long, cfg.warmup)
+        self.seasonal = SeasonalError(cfg.season, cfg.weekly) if cfg.season != 0 else None
+        self.seasonal_likelihood = AnomalyLikelihood(cfg.season_short, cfg.season_long, cfg.warmup)
+        self.spatial = SpatialNovelty(cfg.spatial, cfg.warmup) if cfg.spatial is not None else None
+        self._quiet = 0
+
+    def components(self, raw: float, x: float, value: float, time: Any = None) -> float:
+        """The fused score before the refractory period (advances every test one step)."""
+        score = self.forecast.step(raw)
+        tests = 1
+        if self.seasonal is not None:
+            error = self.seasonal.step(x, time)
+            if error is not None:
+                seasonal = self.seasonal_likelihood.step(error)
+                if self.seasonal_likelihood.ready:
+                    tests += 1
+                    score = max(score, seasonal)
+        score = max(0.0, score - math.log10(tests) / 10.0)
+        if self.spatial is not None and self.spatial.step(value):
+            score = max(score, SPATIAL_SCORE)
+        return score
+
+    def step(self, raw: float, x: float, value: float, time: Any = None) -> float:
+        """The score of a step: the forecaster's absolute error ``raw``, the standardised value
+        ``x``, the value itself and its timestamp ``time`` (seconds or a date; None when the
+        stream has none, which leaves the seasonal test off unless ``season`` is given)."""
+        score = self.components(raw, x, value, time)
+        alert = self.config.alert
+        if self._quiet > 0:
+            self._quiet -= 1
+            score = min(score, alert * 0.999)
+        elif self.config.refractory and score >= alert:
+            self._quiet = self.config.refractory
+        return score
+
+
 class OnlineDetector:
     """A streaming anomaly detector that learns the series as it reads it (no training data).
 
     Each step: standardise the value with the running mean and standard deviation of the values
-    seen so far; its raw score is the absolute error of the LSTM's one-step forecast; the
-    anomaly likelihood compares the mean raw score of the last ``short`` steps with the mean
-    and standard deviation of the raw scores over the last ``long`` steps (a Gaussian upper
-    tail ``p``), and the returned score is ``-log10(p) / 10``, a log scale that keeps rare
-    events apart (as Numenta's log-likelihood does). Every ``train_every`` steps the
-    forecaster takes one Adam step on ``batch`` windows drawn from the last ``memory`` values
-    and the :class:`~lstmkit.streaming.Streamer` is refreshed with the new weights, keeping its
-    state. All of it is O(1) per step; nothing looks ahead."""
+    seen so far; the LSTM forecaster's absolute one-step error is its raw score. Every
+    ``train_every`` steps the forecaster takes one Adam step on ``batch`` windows drawn from
+    the last ``memory`` values and the :class:`~lstmkit.streaming.Streamer` is refreshed with
+    the new weights, keeping its state. :class:`OnlineScorer` fuses the anomaly likelihood of
+    those errors (Ahmad et al. 2017: the mean of the last ``short`` against the distribution of
+    the last ``long``, as ``-log10(p) / 10``) with a seasonal test (the value against the same
+    time a day and a week before, the day inferred from the timestamps) and HTM's spatial test
+    (a value outside the range seen so far), and applies a refractory period. All of it is
+    O(1) per step; nothing looks ahead."""
 
     def __init__(self, config: OnlineConfig | None = None) -> None:
         self.config = cfg = config if config is not None else OnlineConfig()
@@ -760,10 +1010,7 @@ class OnlineDetector:
         self._x = torch.zeros(1, 1)
         self._read_head()
         self._history: deque[float] = deque(maxlen=cfg.memory)
-        self.likelihood = AnomalyLikelihood(
-            short=cfg.short, long=cfg.long, warmup=cfg.warmup, refractory=cfg.refractory,
-            alert=cfg.alert,
-        )  # fmt: skip
+        self.scorer = OnlineScorer(cfg)
         self._n = 0
         self._mean = 0.0
         self._m2 = 0.0
@@ -788,9 +1035,11 @@ class OnlineDetector:
         self._streamer.refresh()
         self._read_head()
 
-    def raw_step(self, value: float) -> float:
-        """The forecaster's half of a step: the absolute one-step forecast error of ``value``
-        (standardised units), after which the forecaster reads it and maybe trains."""
+    def raw_step(self, value: float) -> tuple[float, float]:
+        """The forecaster's half of a step: ``(raw, x)``, the absolute one-step forecast error
+        of ``value`` in standardised units and the standardised value itself, after which the
+        forecaster reads it and maybe trains. (Neither depends on the scorer's settings: cache
+        them to try settings of :class:`OnlineScorer` quickly.)"""
         cfg = self.config
         v = float(value)
         if not math.isfinite(v):
@@ -809,15 +1058,37 @@ class OnlineDetector:
         self._history.append(x)
         if len(self._history) > cfg.bptt + 1 and self._n % cfg.train_every == 0:
             self._train_step()
-        return raw
+        return raw, x
 
-    def step(self, value: float) -> float:
-        """The anomaly score of the next observation ``value`` (0 during warm-up)."""
-        return self.likelihood.step(self.raw_step(value))
+    def step(self, value: float, time: Any = None) -> float:
+        """The anomaly score of the next observation ``value``, stamped ``time`` (seconds or a
+        date; optional), 0 during warm-up."""
+        raw, x = self.raw_step(value)
+        return self.scorer.step(raw, x, float(value), time)
 
-    def run(self, values: Sequence[float] | FloatArray) -> FloatArray:
-        """Scores of a whole series, one step at a time (what a stream would see)."""
-        return np.array([self.step(v) for v in np.asarray(values, dtype=np.float64).tolist()])
+    def run(self, values: Sequence[float] | FloatArray, times: Any = None) -> FloatArray:
+        """Scores of a whole series, one step at a time (what a stream would see); ``times``:
+        the timestamps (datetime64 or ISO strings, one per value), which let the seasonal test
+        infer its season."""
+        array = np.asarray(values, dtype=np.float64)
+        stamps: list[Any] = [None] * array.size
+        if times is not None:
+            try:
+                parsed = np.asarray(times, dtype="datetime64[ns]")
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"times must be timestamps (datetime64 or ISO strings): {error}"
+                ) from error
+            if parsed.shape != array.shape:
+                raise ValueError(
+                    f"times must hold one timestamp per value, shape {array.shape}, got "
+                    f"{parsed.shape}"
+                )
+            stamps = (parsed.astype(np.int64) / 1e9).tolist()
+        return np.array(
+            [self.step(v, t) for v, t in zip(array.tolist(), stamps, strict=True)],
+            dtype=np.float64,
+        )
 
 
 # ---------------------------------------------------------------------- NAB
@@ -878,8 +1149,9 @@ def run_nab(
 ) -> NABResult:
     """Run a streaming detector over every file of a NAB-layout directory, each file alone
     and in file order with a fresh detector, and score it with NAB's three profiles (each with
-    its best corpus-wide threshold, as NAB does). ``detector(values) -> scores`` replaces the
-    default :class:`OnlineDetector` with ``config``."""
+    its best corpus-wide threshold, as NAB does). The default is :class:`OnlineDetector` with
+    ``config``, given each file's values and timestamps; ``detector(values) -> scores``
+    replaces it."""
     start = time.perf_counter()
     windows = nab.read_windows(labels)
     root = _nab_root(data)
@@ -896,8 +1168,10 @@ def run_nab(
         series = read_series(root / name, time_order="file")
         bounds[name] = nab.window_bounds(series.times, windows[name], file=name)
         t0 = time.perf_counter()
-        run = detector if detector is not None else OnlineDetector(config).run
-        scores[name] = run(series.values)
+        if detector is not None:
+            scores[name] = detector(series.values)
+        else:
+            scores[name] = OnlineDetector(config).run(series.values, series.times)
         if log is not None:
             log(f"{name}: {series.values.size} rows in {time.perf_counter() - t0:.1f} s")
     results = {
@@ -1007,7 +1281,7 @@ def _detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="scores CSV to write")
     parser.add_argument(
         "--threshold", type=float, metavar="S",
-        help="alarm threshold (default: the model's calibrated one; 0.5 online)",
+        help="alarm threshold (default: the model's calibrated one; online: OnlineConfig.alert)",
     )  # fmt: skip
     parser.add_argument("--adapt", action="store_true", help="adapt the error model online")
 
@@ -1020,8 +1294,8 @@ def _detect(args: argparse.Namespace) -> int:
         scores = np.array([stream.step(v) for v in series.values.tolist()])
         threshold = detector.threshold
     else:
-        scores = OnlineDetector().run(series.values)
-        threshold = 0.5
+        scores = OnlineDetector().run(series.values, series.times)
+        threshold = OnlineConfig().alert
     if args.threshold is not None:
         threshold = _checks.real("--threshold", args.threshold)
     fired = scores >= threshold
@@ -1082,7 +1356,9 @@ register_command(
 )
 
 __all__ = [
+    "SPATIAL_SCORE",
     "AnomalyDetector",
+    "AnomalyLikelihood",
     "AutoencoderNet",
     "DetectorStream",
     "ErrorModel",
@@ -1090,7 +1366,11 @@ __all__ = [
     "NABResult",
     "OnlineConfig",
     "OnlineDetector",
+    "OnlineScorer",
+    "SeasonalError",
     "Series",
+    "SpatialNovelty",
+    "daily_season",
     "gaussian_tail",
     "nab_files",
     "read_data",
