@@ -5,10 +5,11 @@ one recurrent stack), the likelihoods, the estimator, backtesting and plots, the
 
 * **Scaling** is per window and per series, computed from the *lookback* values the model sees
   (``standard``: mean/std, ``robust``: median/IQR, ``mean_abs``: DeepAR's mean absolute value,
-  ``log``: log, then mean/std, ``none``). Training windows and forecast inputs are scaled the same
-  way, from the same kind of history, so the model never needs statistics of a series it has not
-  seen and a series of level 10 and one of level 10,000 share every weight. The log of the scale
-  is an input too: the model may still know the level.
+  ``log``: log, then mean/std, ``sqrt``: square root, then mean/std, for counts with zeros;
+  ``none``). Training windows and forecast inputs are scaled the same way, from the same kind of
+  history, so the model never needs statistics of a series it has not seen and a series of level
+  10 and one of level 10,000 share every weight. The log of the scale is an input too: the model
+  may still know the level.
 * **Covariates**: calendar features (sine/cosine of the hour, weekday, day of year or month,
   from the time stamps and ``freq``; the phase in the season for integer stamps), the user's
   known-in-advance covariates (needed for the horizon too) and static features per series,
@@ -55,7 +56,7 @@ from . import Command, Estimator, TaskSpec, register, register_command
 
 STRATEGIES = ("recursive", "mimo", "seq2seq")
 LIKELIHOODS = ("mae", "mse", "gaussian", "student_t", "quantile")
-SCALINGS = ("standard", "robust", "mean_abs", "log", "none")
+SCALINGS = ("standard", "robust", "mean_abs", "log", "sqrt", "none")
 CELLS = ("lstm", "gru", "grud")
 PARAMS_PER_STEP = {"mae": 1, "mse": 1, "gaussian": 2, "student_t": 3}
 DEFAULT_LEVELS = (0.1, 0.5, 0.9)
@@ -67,13 +68,23 @@ _PARAM_NAMES = (
 
 
 # ---------------------------------------------------------------------- scaling
+def _transform(y: Tensor, method: str) -> Tensor:
+    """The variance-stabilising transform applied before scaling: log for ``'log'``, the square
+    root for ``'sqrt'`` (counts with zeros), the identity otherwise."""
+    if method == "log":
+        return torch.log(y.clamp(min=1e-12))
+    if method == "sqrt":
+        return torch.sqrt(y.clamp(min=0.0))
+    return y
+
+
 def scale_window(past: Tensor, mask: Tensor, method: str) -> tuple[Tensor, Tensor]:
     """``(loc, scale)`` of each row of ``past`` (B, T) from its observed values (``mask``), in the
-    transformed space (log space for ``'log'``). The scale is floored at 1% of the level so that
-    a flat window does not blow up the next value's error."""
+    transformed space (log space for ``'log'``, square roots for ``'sqrt'``). The scale is
+    floored at 1% of the level so that a flat window does not blow up the next value's error."""
     m = mask.to(past.dtype)
     count = m.sum(1).clamp(min=1.0)
-    z = torch.log(past.clamp(min=1e-12)) if method == "log" else past
+    z = _transform(past, method)
     z = torch.where(mask, z, torch.zeros_like(z))
     if method == "none":
         return torch.zeros_like(count), torch.ones_like(count)
@@ -84,7 +95,7 @@ def scale_window(past: Tensor, mask: Tensor, method: str) -> tuple[Tensor, Tenso
         filled = torch.where(mask, z, torch.full_like(z, math.nan))
         q = torch.nanquantile(filled, torch.tensor([0.25, 0.5, 0.75], dtype=z.dtype), dim=1)
         loc, spread = q[1], (q[2] - q[0]) / 1.349
-    else:  # standard, log
+    else:  # standard, log, sqrt
         loc = (z * m).sum(1) / count
         spread = (((z - loc[:, None]) ** 2) * m).sum(1).div(count).sqrt()
     floor = 1e-2 if method == "log" else 1e-2 * loc.abs() + 1e-6
@@ -93,15 +104,20 @@ def scale_window(past: Tensor, mask: Tensor, method: str) -> tuple[Tensor, Tenso
 
 def to_scaled(y: Tensor, loc: Tensor, scale: Tensor, method: str) -> Tensor:
     """Values (B, T) into the scaled space of their window."""
-    z = torch.log(y.clamp(min=1e-12)) if method == "log" else y
+    z = _transform(y, method)
     return (z - loc[:, None]) / scale[:, None]
 
 
 def from_scaled(z: Tensor, loc: Tensor, scale: Tensor, method: str) -> Tensor:
-    """The inverse of :func:`to_scaled` for (B, ...) tensors (monotone: quantiles map exactly)."""
+    """The inverse of :func:`to_scaled` for (B, ...) tensors (monotone: quantiles map exactly).
+    For ``'sqrt'`` a negative square root maps to 0 (the transform's range is ``[0, inf)``)."""
     shape = (-1,) + (1,) * (z.dim() - 1)
     v = z * scale.reshape(shape) + loc.reshape(shape)
-    return torch.exp(v.clamp(max=80.0)) if method == "log" else v
+    if method == "log":
+        return torch.exp(v.clamp(max=80.0))
+    if method == "sqrt":
+        return v.clamp(min=0.0).square()
+    return v
 
 
 # ---------------------------------------------------------------------- calendar features
@@ -487,7 +503,14 @@ class Forecaster(Estimator):
                 if (s.y[~np.isnan(s.y)] <= 0).any():
                     raise ValueError(
                         f"{name}: series {s.unique_id!r} has values <= 0: scaling='log' needs "
-                        "positive values; use scaling='standard' or 'robust'"
+                        "positive values; use scaling='sqrt' (values >= 0), 'standard' or 'robust'"
+                    )
+        if self.scaling == "sqrt":
+            for s in data.series:
+                if (s.y[~np.isnan(s.y)] < 0).any():
+                    raise ValueError(
+                        f"{name}: series {s.unique_id!r} has negative values: scaling='sqrt' "
+                        "needs values >= 0; use scaling='standard' or 'robust'"
                     )
         return data
 
