@@ -23,7 +23,9 @@ import lstmkit
 from .cases import (
     BF16_ROW,
     CEILING_ROW,
+    INT8_ROW,
     ROWS_BY_NAME,
+    STREAM_INT8_ROW,
     STREAM_ROW,
     Row,
     Shape,
@@ -294,6 +296,40 @@ def _bf16(shape: Shape, impl: str) -> Prepared:
     return prepared
 
 
+def _int8(shape: Shape, impl: str) -> Prepared:
+    """``lstmkit.compress.quantize`` of the plain LSTM built as the ``lstm`` row builds it (same
+    seed, so the same weights), in eval mode under ``torch.no_grad()``: ``reference`` with
+    ``kernel='int8'`` (int8 products in the reference loop), ``auto`` with the default
+    ``kernel='dequantize'`` (float weights rebuilt per call, then the auto backend)."""
+    from lstmkit.compress import quantize
+
+    torch.manual_seed(SEED)
+    module = lstmkit.LSTM(shape.I, shape.H, backend=impl)
+    kernel = "int8" if impl == "reference" else "dequantize"
+    q = quantize(module, kernel=kernel)
+    x = _input(shape, torch.float32)
+    label = "int8 kernel, reference loop" if impl == "reference" else "int8 dequantize, auto"
+    note = auto_dispatch(q, x) if impl == "auto" else ""
+    return Prepared(_no_grad(lambda: q(x)), label, note)
+
+
+def _stream_int8(shape: Shape) -> Prepared:
+    """The streaming step of the ``stream-step`` row with int8 weight matrices."""
+    from lstmkit.streaming import Streamer
+
+    I, H = shape.I, shape.H
+    x = torch.randn(1, I, generator=_generator())
+    torch.manual_seed(SEED)
+    streamer = Streamer(lstmkit.LSTM(I, H).eval(), weights="int8")
+
+    def step() -> None:
+        with torch.no_grad():
+            streamer.step(x)
+
+    step()
+    return Prepared(step, "lstmkit.streaming int8", f"backend {streamer.backend!r}")
+
+
 def build(spec: Spec, shape: Shape, threads: int) -> Prepared:
     """Build the closure of ``spec`` at ``shape`` (raises :class:`NotAvailable`)."""
     if spec.row == CEILING_ROW:
@@ -302,6 +338,10 @@ def build(spec: Spec, shape: Shape, threads: int) -> Prepared:
         return _stream(shape, spec.impl)
     if spec.row == BF16_ROW:
         return _bf16(shape, spec.impl)
+    if spec.row == INT8_ROW:
+        return _int8(shape, spec.impl)
+    if spec.row == STREAM_INT8_ROW:
+        return _stream_int8(shape)
     row = ROWS_BY_NAME[spec.row]
     if spec.impl == "torch":
         return _torch(row, shape, spec.mode, torch.float32)

@@ -217,12 +217,21 @@ ROWS_BY_NAME = {r.name: r for r in LAYER_ROWS}
 BF16_ROW = "lstm-bf16"
 CEILING_ROW = "gemm-ceiling"
 STREAM_ROW = "stream-step"
-SPECIAL_ROWS = (BF16_ROW, CEILING_ROW, STREAM_ROW)
+#: ``lstmkit.compress.quantize`` of the plain LSTM (inference), against the float32 LSTM.
+INT8_ROW = "lstm-int8"
+#: ``Streamer(..., weights='int8')``, against the float32 ``Streamer`` (the ``stream-step`` row).
+STREAM_INT8_ROW = "stream-step-int8"
+SPECIAL_ROWS = (BF16_ROW, CEILING_ROW, STREAM_ROW, INT8_ROW, STREAM_INT8_ROW)
+STREAM_ROWS = (STREAM_ROW, STREAM_INT8_ROW)
 ALL_ROWS = (*(r.name for r in LAYER_ROWS), *SPECIAL_ROWS)
 
 #: Implementations of the streaming row; ``floor`` is one ``torch.mv`` over [W_ih W_hh].
 STREAM_IMPLS = ("torch", "floor", "cell", "auto", "streaming")
 BF16_IMPLS = ("torch", "fused", "auto")
+#: ``reference``: ``quantize(kernel='int8')``, the int8 products in the reference loop (against
+#: the float32 reference loop); ``auto``: ``quantize()`` (weights dequantised per call, then the
+#: auto backend; against the float32 auto backend).
+INT8_IMPLS = ("reference", "auto")
 
 
 @dataclass(frozen=True)
@@ -242,8 +251,10 @@ def baseline_of(spec: Spec) -> Spec | None:
     """The measurement ``spec`` is compared with, or ``None`` for a baseline itself."""
     if spec.row == CEILING_ROW:
         return None
-    if spec.row == BF16_ROW:  # bf16 against the same implementation in float32
+    if spec.row in (BF16_ROW, INT8_ROW):  # against the same implementation in float32
         return Spec("lstm", spec.shape, spec.mode, spec.impl)
+    if spec.row == STREAM_INT8_ROW:  # against the float32 streamer
+        return Spec(STREAM_ROW, spec.shape, spec.mode, "streaming")
     if spec.row == STREAM_ROW:
         base = "torch" if spec.shape == "S128" else "floor"
         return None if spec.impl == base else Spec(spec.row, spec.shape, spec.mode, base)
@@ -261,6 +272,10 @@ def impls_of(row: str, mode: str) -> tuple[str, ...]:
         return BF16_IMPLS if mode == "fwd+bwd" else ()
     if row == STREAM_ROW:
         return STREAM_IMPLS if mode == "fwd" else ()
+    if row == INT8_ROW:
+        return INT8_IMPLS if mode == "fwd" else ()
+    if row == STREAM_INT8_ROW:
+        return ("streaming",) if mode == "fwd" else ()
     r = ROWS_BY_NAME[row]
     impls = ["torch"] if r.torch_options is not None else []
     impls += ["reference", "fused", "auto"]
@@ -271,8 +286,8 @@ def impls_of(row: str, mode: str) -> tuple[str, ...]:
 
 def default_impl(row: str, shape: str, impl: str) -> bool:
     """Whether the default run measures ``impl`` of ``row`` at ``shape``: the reference loop
-    runs at C1 and C5 (seconds per call) for the plain ``lstm`` row only."""
-    return impl != "reference" or row == "lstm" or shape in VARIANT_SHAPES
+    runs at C1 and C5 (seconds per call) for the plain ``lstm`` row and its int8 form only."""
+    return impl != "reference" or row in ("lstm", INT8_ROW) or shape in VARIANT_SHAPES
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -329,9 +344,12 @@ def plan(
                 add(Spec(CEILING_ROW, shape, mode, "torch.mm"), CEILING_ROW in rows)
         if BF16_ROW in rows and shape == "C1":
             add_row(BF16_ROW, shape)
-    if STREAM_ROW in rows:
-        for shape in STREAM_SHAPES:
-            add_row(STREAM_ROW, shape)
+        if INT8_ROW in rows:
+            add_row(INT8_ROW, shape)
+    for row in STREAM_ROWS:
+        if row in rows:
+            for shape in STREAM_SHAPES:
+                add_row(row, shape)
     return out
 
 

@@ -34,7 +34,7 @@ from .cases import (
     QUICK_STREAM_SHAPES,
     ROWS_BY_NAME,
     SHAPES,
-    STREAM_ROW,
+    STREAM_ROWS,
     STREAM_SHAPES,
     Shape,
     Spec,
@@ -57,6 +57,8 @@ FLOP_FORMULAS = {
     "fwd+bwd": "3 x forward (each forward GEMM has two backward GEMMs of its size)",
     "stream-step": "2*B*4H*(I + H) per step, B = 1",
     "gemm-ceiling and lstm-bf16": "those of the plain LSTM at the same shape",
+    "lstm-int8 and stream-step-int8": "those of lstm and stream-step (the same products, "
+    "with int8 weights)",
 }
 MEMORY_METHOD = (
     "peak of the bytes allocated through torch's CPU allocator during one call (the first "
@@ -142,7 +144,7 @@ def timer_config(args: argparse.Namespace) -> TimerConfig:
 
 
 def _shape_of(spec: Spec, quick: bool) -> Shape:
-    if spec.row == STREAM_ROW:
+    if spec.row in STREAM_ROWS:
         return (QUICK_STREAM_SHAPES if quick else STREAM_SHAPES)[spec.shape]
     return (QUICK_SHAPES if quick else SHAPES)[spec.shape]
 
@@ -157,7 +159,7 @@ def _warning_note(caught: list[warnings.WarningMessage]) -> str:
 
 
 def _flops(spec: Spec, shape: Shape, steps: int | None) -> float:
-    if spec.row == STREAM_ROW:
+    if spec.row in STREAM_ROWS:
         return stream_flops(shape)
     if spec.row in ROWS_BY_NAME:
         n = shape.T * shape.B if steps is None else steps

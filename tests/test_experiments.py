@@ -224,3 +224,21 @@ def test_common_rejects_bad_arguments(tmp_path: Path) -> None:
         next(common.random_windows(torch.arange(5), 8, 2, torch.Generator()))
     assert common.steps_to_reach([(10, 0.5), (20, 0.05), (30, 0.01)], 0.05) == 20
     assert common.steps_to_reach([(10, 0.5)], 0.05) is None
+
+
+# ------------------------------------------------------------------------------ compression
+def test_compress_int8_is_nearly_free_and_fine_tuning_recovers_pruning(tmp_path: Path) -> None:
+    r = run_quick("compress_lm", tmp_path)
+    scores = r["scores"]
+    base = scores["float32"]["val_bpc"]
+    for kernel in ("dequantize", "int8"):  # int8 weights: within 0.02 bits per character
+        assert abs(scores[f"int8 (kernel='{kernel}')"]["val_bpc"] - base) < 0.02
+    assert r["lstm_matrix_bytes"]["float32"] == 4 * r["lstm_matrix_bytes"]["int8"]
+    for pct, amount in (("50%", 0.5), ("80%", 0.8)):
+        assert scores[f"pruned {pct}, no fine-tuning"]["lstm_sparsity"] == amount
+        assert scores[f"pruned {pct} + fine-tuned"]["lstm_sparsity"] == amount
+        assert scores[f"pruned {pct} gradually while fine-tuning"]["lstm_sparsity"] == amount
+    one_shot = scores["pruned 80%, no fine-tuning"]["val_bpc"]
+    assert one_shot > base  # cutting 80% of the weights costs loss ...
+    assert scores["pruned 80% + fine-tuned"]["val_bpc"] < one_shot  # ... fine-tuning recovers
+    assert scores["pruned 50%, no fine-tuning"]["val_bpc"] < one_shot

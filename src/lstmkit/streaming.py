@@ -34,11 +34,16 @@ from torch import Tensor, nn
 from . import _checks
 from .backends import fused
 from .cells import CellMath, GRUMath, LSTMMath, layer_norm
+from .compress import _Int8Weight, _Quantized, quantize_rows
 from .nn.layers import GRU, LSTM, RNN, _RecurrentBase
 
 #: Values of ``Streamer(backend=...)``: ``'fused'`` is the C++ step kernel, ``'torch'`` the same
 #: step in torch ops, ``'auto'`` the first where it can run and the second otherwise.
 STREAM_BACKENDS = ("auto", "fused", "torch")
+#: Values of ``Streamer(weights=...)``: ``'int8'`` steps with int8 weight matrices (see
+#: :mod:`lstmkit.compress`), ``'float'`` with the module's float weights, ``'auto'`` as the
+#: module stores them (int8 for a quantized module).
+STREAM_WEIGHTS = ("auto", "float", "int8")
 
 # The dtypes the C++ step kernel implements (on the CPU).
 _FUSED_DTYPES = (torch.float32, torch.float64)
@@ -260,7 +265,7 @@ class _TorchStep:
                 I = plan.input_size
                 xh[:, :I].copy_(layer_input)
                 xh[:, I:].copy_(self.h[l])
-                ys = [xh[:, k0 : k0 + width] @ wt for k0, width, wt in products]
+                ys = self._products(l, products, xh)
                 if self.opts.family == "lstm":
                     self._lstm(l, plan, ys, xh[:, I:])
                 elif self.opts.family == "gru":
@@ -273,6 +278,10 @@ class _TorchStep:
                 layer_input = y
             out.copy_(layer_input)
         return True
+
+    def _products(self, l: int, products: list[Any], xh: Tensor) -> list[Tensor]:
+        """The gate products of layer ``l`` from its step input row ``xh = [x_t | h_{t-1}]``."""
+        return [xh[:, k0 : k0 + width] @ wt for k0, width, wt in products]
 
     @staticmethod
     def _sum(plan: _LayerPlan, ys: list[Tensor], gain_hh: str = "ln_hh") -> Tensor:
@@ -353,8 +362,78 @@ class _TorchStep:
         self.h[l].copy_(self._zoneout(h_new, h_prev, self.opts.zoneout_h))
 
 
+# ---------------------------------------------------------------------------------- int8 step
+_MATRICES = ("weight_ih", "weight_hh", "weight_hr")
+
+
+def _int8_plans(lk: _RecurrentBase) -> tuple[list[_LayerPlan], list[tuple[Any, Any]]]:
+    """The plans of an int8 step: the vectors of the float plan, no slots, ``second`` as an int8
+    weight; and per layer the int8 ``W_ih`` and ``W_hh`` (the GRU's ``W_hn`` with
+    ``reset_after=False`` is ``second``). The matrices of a quantized module are used as they
+    are; a float module's are quantized here, as :func:`lstmkit.compress.quantize` does."""
+    plans, weights = [], []
+    for l, cell in enumerate(lk.cell_math):
+        if isinstance(lk, _Quantized):
+            params = lk._int8_params(l, 0)
+        else:
+            params = {
+                k: _Int8Weight(*quantize_rows(v)) if k in _MATRICES else v.detach()
+                for k, v in lk._params(l, 0).items()
+            }
+        as_float = {k: v.dequantize() if k in _MATRICES else v for k, v in params.items()}
+        plan = _plan_layer(cell, as_float)
+        H = cell.hidden_size
+        hh = params["weight_hh"]
+        second = params.get("weight_hr")
+        if isinstance(cell, GRUMath) and not cell.reset_after:
+            hh, second = hh[: 2 * H], hh[2 * H :]
+        plans.append(replace(plan, slots=[], second=second))
+        weights.append((params["weight_ih"], hh))
+    return plans, weights
+
+
+class _Int8Step(_TorchStep):
+    """:class:`_TorchStep` with int8 weight matrices: per layer one int8 product over ``x_t``
+    (``W_ih``) and one over ``h_{t-1}`` (``W_hh``), each with its own row scales, summed or kept
+    apart as the family's step expects them (see ``_plan_layer`` for the layout)."""
+
+    def __init__(
+        self,
+        plans: list[_LayerPlan],
+        weights: list[tuple[Any, Any]],
+        opts: _Options,
+        state: list[Tensor],
+        batch: int,
+    ) -> None:
+        super().__init__(plans, opts, state, batch)
+        self.weights = weights
+
+    def _products(self, l: int, products: list[Any], xh: Tensor) -> list[Tensor]:
+        plan = self.layers[l][0]
+        I, H = plan.input_size, plan.hidden_size
+        w_ih, w_hh = self.weights[l]
+        a = w_ih.linear(xh[:, :I])
+        u = w_hh.linear(xh[:, I:])
+        if "ln_ih" in plan.vectors:
+            return [a, u]
+        if self.opts.family == "gru":
+            ys = [a[:, : 2 * H] + u[:, : 2 * H], a[:, 2 * H :]]
+            if self.opts.reset_after:
+                ys.append(u[:, 2 * H :])
+            return ys
+        return [a + u]
+
+
 # ---------------------------------------------------------------------------------- Streamer
 _TORCH_CLASSES: dict[type, type[_RecurrentBase]] = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
+
+
+def _dtype_device(lk: _RecurrentBase) -> tuple[torch.dtype, torch.device]:
+    """The dtype the module computes in and its device (a quantized module's float dtype)."""
+    if isinstance(lk, _Quantized):
+        return lk.compute_dtype, lk._first_scale().device
+    ref = next(lk.parameters())
+    return ref.dtype, ref.device
 
 
 class Streamer:
@@ -377,18 +456,42 @@ class Streamer:
         backend: ``'fused'`` (the C++ step kernel: float32 and float64 on the CPU), ``'torch'``
             (the same step in torch ops: any dtype and device) or ``'auto'`` (``'fused'`` where
             it can run; where only the missing extension stops it, a warning is given once).
+            With int8 weights the step is always ``'torch'``.
+        weights: ``'int8'`` steps with int8 weight matrices and per-row scales (those of a
+            module made by :func:`lstmkit.compress.quantize`, or the float module's quantized
+            the same way at each snapshot), the products computed by
+            ``torch._weight_int8pack_mm``; ``'float'`` with the module's float weights;
+            ``'auto'`` (the default) as the module stores them.
 
     Not thread-safe: one ``Streamer`` per serving thread (the C++ step releases the GIL, so
     several streamers run in parallel threads).
     """
 
-    def __init__(self, module: nn.Module, batch_size: int = 1, *, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        batch_size: int = 1,
+        *,
+        backend: str = "auto",
+        weights: str = "auto",
+    ) -> None:
         self._source = module
         lk = self._lstmkit_module()
         self._batch_size = _checks.positive_int("batch_size", batch_size)
         self._requested = _checks.choice("backend", backend, STREAM_BACKENDS)
-        ref = next(lk.parameters())
-        self._dtype, self._device = ref.dtype, ref.device
+        _checks.choice("weights", weights, STREAM_WEIGHTS)
+        if weights == "float" and isinstance(lk, _Quantized):
+            raise ValueError(
+                "weights='float' needs float weights, but the module is quantized (int8); use "
+                "weights='int8' or 'auto', or lstmkit.compress.dequantize(module)"
+            )
+        if weights == "int8" and backend == "fused":
+            raise ValueError(
+                "backend='fused' has no int8 step (the C++ kernel is float32 and float64); use "
+                "backend='torch' or 'auto' with weights='int8'"
+            )
+        self._weights = "int8" if weights == "int8" or isinstance(lk, _Quantized) else "float"
+        self._dtype, self._device = _dtype_device(lk)
         cell = lk.cell_math[0]
         self._family = cell.family
         self._state_names = cell.state_names
@@ -430,6 +533,8 @@ class Streamer:
         return module
 
     def _resolve_backend(self) -> str:
+        if self._weights == "int8":
+            return "torch"
         why = None
         if self._device.type != "cpu":
             why = f"tensors on {self._device}"
@@ -461,7 +566,10 @@ class Streamer:
         """Pack the module's current weights and initial state and build the step."""
         opts = _options(lk)
         with torch.no_grad():
-            plans = [_plan_layer(cell, lk._params(l, 0)) for l, cell in enumerate(lk.cell_math)]
+            if self._weights == "int8":
+                plans, int8 = _int8_plans(lk)
+            else:
+                plans = [_plan_layer(c, lk._params(l, 0)) for l, c in enumerate(lk.cell_math)]
             init = lk.initial_state(1, dtype=self._dtype, device=self._device)
             parts = list(init) if isinstance(init, tuple) else [init]
             self._init = [t[:, 0, :].detach().clone() for t in parts]
@@ -487,7 +595,10 @@ class Streamer:
             self._impl: Any = kernel
             self._run = kernel.step
         else:
-            step = _TorchStep(plans, opts, self._buffers, self._batch_size)
+            if self._weights == "int8":
+                step: _TorchStep = _Int8Step(plans, int8, opts, self._buffers, self._batch_size)
+            else:
+                step = _TorchStep(plans, opts, self._buffers, self._batch_size)
             self._impl = step
             self._run = step
 
@@ -592,11 +703,11 @@ class Streamer:
         """Snapshot the module's weights (and learned initial state) again, e.g. after more
         training. The streams' state and the output buffer are kept."""
         lk = self._lstmkit_module()
-        ref = next(lk.parameters())
-        if (ref.dtype, ref.device) != (self._dtype, self._device):
+        dtype, device = _dtype_device(lk)
+        if (dtype, device) != (self._dtype, self._device):
             raise ValueError(
-                f"the module moved from {self._dtype} on {self._device} to {ref.dtype} on "
-                f"{ref.device} since the Streamer was built; build a new Streamer for it"
+                f"the module moved from {self._dtype} on {self._device} to {dtype} on "
+                f"{device} since the Streamer was built; build a new Streamer for it"
             )
         if (lk.input_size, lk.output_size, lk.num_layers, lk.cell_math[0].family) != (
             self._input_size,
@@ -636,6 +747,11 @@ class Streamer:
         return self._backend
 
     @property
+    def weights(self) -> str:
+        """The weights the step uses: ``'float'`` or ``'int8'``."""
+        return self._weights
+
+    @property
     def dtype(self) -> torch.dtype:
         return self._dtype
 
@@ -647,7 +763,8 @@ class Streamer:
         return (
             f"Streamer({type(self._source).__name__}, batch_size={self._batch_size}, "
             f"input_size={self._input_size}, output_size={self._output_size}, "
-            f"num_layers={self._num_layers}, backend={self._backend!r})"
+            f"num_layers={self._num_layers}, backend={self._backend!r}"
+            + (", weights='int8')" if self._weights == "int8" else ")")
         )
 
 
