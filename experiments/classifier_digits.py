@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from classifier_common import add_threads_argument, fit_and_report
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -96,43 +97,23 @@ def run(quick: bool, seed: int = 0, threads: int = 1) -> dict[str, object]:
         X_train, y_train = X_train[:400], y_train[:400]
         X_test, y_test = X_test[:200], y_test[:200]
         params.update(hidden_size=16, num_layers=1, max_epochs=3, lr=1e-2)
-    estimator = SequenceClassifier(
-        **params,
+    return fit_and_report(
+        "classifier_digits",
+        params,
+        (torch.from_numpy(X_train), y_train.tolist()),
+        (torch.from_numpy(X_test), y_test.tolist()),
+        quick=quick,
         seed=seed,
-        progress=False,
-        tensorboard=False,
+        target=0.97,
+        clock=(start, cpu_start),
     )
-    estimator.fit(torch.from_numpy(X_train), y_train.tolist())
-    metrics = estimator.evaluate(torch.from_numpy(X_test), y_test.tolist())
-    result = estimator.fit_result_
-    return {
-        "experiment": "classifier_digits",
-        "quick": quick,
-        "params": params,
-        "n_train": len(X_train),
-        "epochs": None if result is None else result.epochs,
-        "stopped": None if result is None else result.stopped,
-        "test": metrics,
-        "target_accuracy": 0.97,
-        "wall_s": round(time.perf_counter() - start, 1),
-        # CPU seconds of this process (all its threads): on a shared machine the wall time
-        # depends on the other jobs, this much less
-        "cpu_s": round(time.process_time() - cpu_start, 1),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: on a busy 2-core machine two OpenMP threads "
-        "wait on each other and a training step costs 20 times more CPU time)",
-    )
+    add_threads_argument(parser)
     parser.add_argument(
         "--select",
         nargs="+",

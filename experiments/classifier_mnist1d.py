@@ -20,9 +20,8 @@ import time
 from typing import Any
 
 import torch
+from classifier_common import add_threads_argument, fit_and_report
 from mnist1d.data import get_dataset_args, make_dataset
-
-from lstmkit.tasks.classifier import SequenceClassifier
 
 
 def run(
@@ -58,43 +57,23 @@ def run(
         X_train, y_train = X_train[:600], y_train[:600]
         X_test, y_test = X_test[:300], y_test[:300]
         params.update(hidden_size=16, conv_channels=16, max_epochs=3, lr=1e-2)
-    estimator = SequenceClassifier(
-        **params,
+    return fit_and_report(
+        "classifier_mnist1d",
+        params,
+        (X_train, y_train),
+        (X_test, y_test),
+        quick=quick,
         seed=seed,
-        progress=False,
-        tensorboard=False,
+        target=0.94,
+        clock=(start, cpu_start),
     )
-    estimator.fit(X_train, y_train)
-    metrics = estimator.evaluate(X_test, y_test)
-    result = estimator.fit_result_
-    return {
-        "experiment": "classifier_mnist1d",
-        "quick": quick,
-        "params": params,
-        "n_train": len(y_train),
-        "epochs": None if result is None else result.epochs,
-        "stopped": None if result is None else result.stopped,
-        "test": metrics,
-        "target_accuracy": 0.94,
-        "wall_s": round(time.perf_counter() - start, 1),
-        # CPU seconds of this process (all its threads): on a shared machine the wall time
-        # depends on the other jobs, this much less
-        "cpu_s": round(time.process_time() - cpu_start, 1),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: on a busy 2-core machine two OpenMP threads "
-        "wait on each other and a training step costs 20 times more CPU time)",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--max-minutes", type=float, default=9.0, help="training time cap")
     args = parser.parse_args()
     print(json.dumps(run(args.quick, args.seed, args.max_minutes, args.threads)))
