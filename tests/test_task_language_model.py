@@ -3,6 +3,7 @@ save/load, the CLI (`lstmkit train lm`, `lstmkit evaluate`, `lstmkit generate`) 
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import math
@@ -287,6 +288,28 @@ def test_word_model_with_awd_regularisation_and_cache() -> None:
     assert metrics["tokens"] == plain["tokens"] and metrics["loss"] != plain["loss"]
     continuation = estimator.generate("the cat", max_new_tokens=5, greedy=True)
     assert continuation.startswith(" ")  # a word after "cat" is separated by a space
+
+
+def test_random_window_lengths_scale_the_learning_rate_by_seq_len_over_bptt(
+    tmp_path: Path,
+) -> None:
+    """AWD-LSTM: each update's learning rate is lr * seq_len / bptt; log.csv records the rate
+    each update used, and fixed windows keep the plain rate."""
+    text = CYCLE[:400]
+    options: dict[str, Any] = {
+        "emb_size": 4, "hidden_size": 8, "num_layers": 1, "batch_size": 2, "bptt": 8,
+        "optimizer": "sgd", "lr": 0.5, "max_epochs": 1, "log_every": 1, **QUICK,
+    }  # fmt: skip
+    LanguageModelEstimator(random_bptt=True, **options).fit(text, out=tmp_path / "random")
+    with open(tmp_path / "random" / "log.csv", newline="") as f:
+        rates = [float(row["lr"]) for row in csv.DictReader(f) if row["lr"]]
+    windows = LMWindows(torch.zeros(200, 2), 8, random_length=True, seed=0)
+    lengths = [w.seq_len for w in windows.windows]
+    assert len(set(lengths)) > 1
+    assert rates == pytest.approx([0.5 * n / 8 for n in lengths])
+    LanguageModelEstimator(random_bptt=False, **options).fit(text, out=tmp_path / "fixed")
+    with open(tmp_path / "fixed" / "log.csv", newline="") as f:
+        assert {float(row["lr"]) for row in csv.DictReader(f) if row["lr"]} == {0.5}
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:

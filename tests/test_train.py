@@ -299,6 +299,54 @@ def test_fit_with_tbptt_learns_through_the_carried_state_only_when_k2_reaches_ba
     assert final[3] > 0.5
 
 
+def test_tbptt_lr_length_scales_each_update_by_its_window_length(tmp_path: Path) -> None:
+    """AWD-LSTM's seq_len / bptt: with lr_length=8 and SGD, the update made on a 4-step window
+    is the update at lr/2, and the one on an 8-step window the update at lr; the schedule's
+    learning rate is left as it was, and log.csv shows the rate each update used."""
+    x, y = _sequence(T=12, B=2)
+    x = x.detach()
+    windows = [(x[:4], y[:4]), (x[4:12], y[4:12])]
+
+    def one_update(window, lr, lr_length):
+        model = _tagger()
+        fit(
+            model,
+            [window],
+            loss=TBPTT(F.mse_loss, lr_length=lr_length),
+            optimizer="sgd",
+            lr=lr,
+            max_epochs=1,
+            log_every=1,
+            out=tmp_path / f"{lr}-{lr_length}-{window[0].shape[0]}",
+            **QUIET,
+        )
+        return [p.detach().clone() for p in model.parameters()]
+
+    for window, factor in zip(windows, (0.5, 1.0), strict=True):
+        scaled = one_update(window, 0.2, 8)
+        plain = one_update(window, 0.2 * factor, None)
+        for a, b in zip(scaled, plain, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    model = _tagger()
+    out = tmp_path / "both"
+    result = fit(
+        model,
+        windows,
+        loss=TBPTT(F.mse_loss, lr_length=8),
+        optimizer="sgd",
+        lr=0.2,
+        max_epochs=1,
+        log_every=1,
+        out=out,
+        **QUIET,
+    )
+    assert result.steps == 2
+    assert [float(r["lr"]) for r in _read_log(out / "log.csv")] == pytest.approx([0.1, 0.2])
+    assert TBPTT(F.mse_loss).lr_scale(windows[0]) == 1.0
+    with pytest.raises(ValueError, match=r"lr_length must be a positive int, got 0"):
+        TBPTT(F.mse_loss, lr_length=0)
+
+
 # ---------------------------------------------------------------------- clipping
 def _one_step(**options: Any) -> tuple[torch.Tensor, list[dict[str, str]], Path]:
     model = nn.Linear(2, 1, bias=False)

@@ -587,7 +587,8 @@ class LanguageModelEstimator(Estimator):
         self._fit_model(
             train,
             val_windows,
-            TBPTT(_criterion),
+            # random window lengths: AWD-LSTM's learning rate scaled by seq_len / bptt
+            TBPTT(_criterion, lr_length=self.bptt if self.random_bptt else None),
             out=out,
             resume=resume,
             objective=self._objective,

@@ -658,8 +658,16 @@ class _Loop:
                 grad_norm = _grad_norm(self.model.parameters())
             if cfg.clip_value is not None:
                 fabric.clip_gradients(self.runner, self.fab_optimizer, clip_val=cfg.clip_value)
+        scale = self.objective.lr_scale(piece) if isinstance(self.objective, TBPTT) else 1.0
+        if scale != 1.0:  # this update only (AWD-LSTM's seq_len / bptt); the schedule's lr stays
+            base = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] * scale
         lr = _lr(self.optimizer)
         self.fab_optimizer.step()
+        if scale != 1.0:
+            for group, value in zip(self.optimizer.param_groups, base, strict=True):
+                group["lr"] = value
         self.fab_optimizer.zero_grad(set_to_none=True)
         self.pos.step += 1
         if self.ntasgd is not None:

@@ -105,6 +105,12 @@ class TBPTT:
 
     ``fit`` calls :meth:`split` on every batch, then the object itself once per piece; it calls
     :meth:`reset` at the start of every epoch and stores :meth:`state_dict` in checkpoints.
+
+    ``lr_length`` (AWD-LSTM's learning-rate scaling for windows of random length): each update's
+    learning rate is multiplied by ``steps / lr_length``, ``steps`` the length of the piece it
+    was computed on, so that with a per-token mean loss a short window does not make a
+    full-size step (Merity et al. 2018 scale by ``seq_len / bptt``). ``fit`` applies
+    :meth:`lr_scale` to every parameter group for that one step only, after clipping.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class TBPTT:
         k1: int | None = None,
         k2: int | None = None,
         time_dim: int = 0,
+        lr_length: int | None = None,
     ) -> None:
         if not callable(criterion):
             raise TypeError(f"criterion must be callable, got {_checks.describe(criterion)}")
@@ -121,6 +128,7 @@ class TBPTT:
         self.k1 = None if k1 is None else _checks.positive_int("k1", k1)
         self.k2 = None if k2 is None else _checks.positive_int("k2", k2)
         self.time_dim = _checks.choice("time_dim", time_dim, (0, 1))
+        self.lr_length = None if lr_length is None else _checks.positive_int("lr_length", lr_length)
         self._state: Any = None
         self._history: list[_Segment] = []
 
@@ -139,6 +147,13 @@ class TBPTT:
         """A fresh objective with the same criterion and layout that evaluates whole windows:
         validation carries the state across windows too, but has no horizon to cut."""
         return TBPTT(self.criterion, time_dim=self.time_dim)
+
+    def lr_scale(self, piece: Any) -> float:
+        """The factor for the learning rate of the update made on ``piece`` (one of
+        :meth:`split`'s pieces): ``steps / lr_length``, or 1 without ``lr_length``."""
+        if self.lr_length is None:
+            return 1.0
+        return piece[0].shape[self.time_dim] / self.lr_length
 
     # ------------------------------------------------------------------ batches
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
