@@ -99,7 +99,8 @@ def run(
 ) -> dict[str, Any]:
     """Train ``LanguageModelEstimator(**params)`` on ``train_text`` (validating on
     ``valid_text``), evaluate on validation and test, and return (and print) the summary with
-    the wall times, the machine and the unigram baseline."""
+    the wall times, the machine and the unigram baseline; the script adds its verdict and
+    prints it with :func:`report`."""
     torch.set_num_threads(args.threads)
     valid_text = head(valid_text, args.eval_chars)
     test_text = None if test_text is None else head(test_text, args.eval_chars)
@@ -136,5 +137,10 @@ def run(
     summary["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     summary["threads"] = args.threads
     summary["out"] = str(out)
+    return summary
+
+
+def report(summary: dict[str, Any]) -> dict[str, Any]:
+    """Print ``summary`` as JSON (the last thing a script does) and return it."""
     print(json.dumps(summary, indent=2))
     return summary

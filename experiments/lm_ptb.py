@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lm_common import add_common_arguments, data_dir, run, synthetic_text
+from lm_common import add_common_arguments, data_dir, report, run, synthetic_text
 
 TARGET = {"metric": "test perplexity", "value": 110.0, "budget_minutes": 120}
 
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary["test_perplexity"] = summary["test"]["perplexity"]
     complete = not args.quick and args.eval_chars is None
     summary["met"] = complete and summary["test_perplexity"] <= TARGET["value"]
-    return summary
+    return report(summary)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lm_common import add_common_arguments, data_dir, run, synthetic_text
+from lm_common import add_common_arguments, data_dir, report, run, synthetic_text
 
 from lstmkit.tasks.language_model import split_validation
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary["valid_nats_per_char"] = summary["valid"]["loss"]
     complete = not args.quick and args.eval_chars is None
     summary["met"] = complete and summary["valid"]["loss"] <= TARGET["value"]
-    return summary
+    return report(summary)
 
 
 if __name__ == "__main__":
