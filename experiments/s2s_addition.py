@@ -21,11 +21,11 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from typing import Any
 
 import torch
+from s2s_common import fit_and_evaluate
 
 from lstmkit.tasks.seq2seq import Seq2Seq
 
@@ -87,28 +87,16 @@ def run(
         tokens="char", attention="bahdanau", clip_norm=1.0, seed=seed, progress=False,
         tensorboard=False, **model, **train_options,
     )  # fmt: skip
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        estimator.fit(train, val=val, out=out or tmp)
-    train_seconds = time.perf_counter() - start
-    assert estimator.fit_result_ is not None
-    metrics = estimator.evaluate(test)
-    result = {
+    fitted = fit_and_evaluate(estimator, train, val, test, out)
+    return {
         "experiment": "s2s_addition",
         "mode": "quick" if quick else "full",
         "digits": digits,
         "n_train": n_train,
         "n_val": n_val,
         "n_test": n_test,
-        "params": {k: v for k, v in estimator.get_params().items() if k != "vocab"},
-        "epochs": estimator.fit_result_.epochs,
-        "stopped": estimator.fit_result_.stopped,
-        "first_val_loss": estimator.fit_result_.history[0]["val_loss"],
-        "best_val_loss": estimator.fit_result_.best_val_loss,
-        "test": metrics,
-        "train_seconds": round(train_seconds, 1),
+        **fitted,
     }
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

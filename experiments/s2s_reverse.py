@@ -21,12 +21,12 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from s2s_common import fit_and_evaluate
 
 from lstmkit.tasks.seq2seq import Seq2Seq, plot_attention
 
@@ -71,12 +71,8 @@ def run(quick: bool, seed: int, max_minutes: float, plot: str | None) -> dict[st
         tokens="char", attention="bahdanau", clip_norm=1.0, seed=seed, progress=False,
         tensorboard=False, early_stopping=3, **model, **train_options,
     )  # fmt: skip
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        estimator.fit(train, val=val, out=tmp)
-    train_seconds = time.perf_counter() - start
-    assert estimator.fit_result_ is not None
-    metrics = estimator.evaluate(test)
+    fitted = fit_and_evaluate(estimator, train, val, test)
+    metrics = fitted["test"]
     sources = [s for s, _ in test[:200]]
     result: dict[str, Any] = {
         "experiment": "s2s_reverse",
@@ -84,15 +80,9 @@ def run(quick: bool, seed: int, max_minutes: float, plot: str | None) -> dict[st
         "lengths": [low, high],
         "n_train": n_train,
         "n_test": n_test,
-        "params": {k: v for k, v in estimator.get_params().items() if k != "vocab"},
-        "epochs": estimator.fit_result_.epochs,
-        "stopped": estimator.fit_result_.stopped,
-        "first_val_loss": estimator.fit_result_.history[0]["val_loss"],
-        "best_val_loss": estimator.fit_result_.best_val_loss,
-        "test": metrics,
+        **fitted,
         "alignment": alignment(estimator, sources),
         "chance_alignment": sum(1 / len(s) for s in sources) / len(sources),
-        "train_seconds": round(train_seconds, 1),
     }
     if plot:
         source = next(s for s in sources if len(s) >= (high + low) // 2)
