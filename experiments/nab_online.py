@@ -232,18 +232,11 @@ class _Scorer:
             n = file["values"].size
             bounds = [tuple(map(int, b)) for b in file["bounds"]]
             self.rows[name] = nab.point_scores(n, bounds, self.profile)
-            window_of = self.rows[name][1]
-            self.null[name] = -self.profile.fn * np.unique(window_of[window_of >= 0]).size
-            best = nab.perfect_detections(n, bounds)
-            self.perfect[name] = nab.score_detections(best, bounds, self.profile).score
+            self.null[name] = self.raw(name, np.zeros(n, dtype=bool))
+            self.perfect[name] = self.raw(name, nab.perfect_detections(n, bounds))
 
     def raw(self, name: str, fired: np.ndarray) -> float:
-        weights, window_of = self.rows[name]
-        total = float(weights[fired & (window_of == -1)].sum())
-        for k in np.unique(window_of[window_of >= 0]).tolist():
-            hits = np.flatnonzero(fired & (window_of == k))
-            total += float(weights[hits[0]]) if hits.size else -self.profile.fn
-        return total
+        return nab.score_points(fired, *self.rows[name], self.profile).score
 
     def normalized(self, raws: dict[str, float]) -> float | None:
         null = sum(self.null[n] for n in raws)

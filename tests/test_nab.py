@@ -67,6 +67,13 @@ def test_only_the_first_detection_in_a_window_counts() -> None:
     assert (many.detected_windows, many.false_positives) == (1, 0)
 
 
+def test_score_points_reuses_the_row_weights_of_score_detections() -> None:
+    """A sweep computes point_scores once per file; each detection set then scores the same."""
+    fired = fire(30, 50, 59, 60, 90)
+    rows = nab.point_scores(fired.size, WINDOW, nab.PROFILES["standard"])
+    assert nab.score_points(fired, *rows, "standard") == nab.score_detections(fired, WINDOW)
+
+
 def test_false_positives_near_and_far() -> None:
     # missed window -1 plus, at row 60 just past the window, A_FP * sigma((60 - 59)/(20 - 1))
     # = 0.11 * -tanh(5/38)

@@ -67,6 +67,7 @@ __all__ = [
     "scaled_sigmoid",
     "score_corpus",
     "score_detections",
+    "score_points",
     "window_bounds",
 ]
 
@@ -301,6 +302,16 @@ def score_detections(
     weights, window_of = point_scores(
         fired.size, bounds, prof, probation_percent=probation_percent, file=file
     )
+    return score_points(fired, weights, window_of, prof)
+
+
+def score_points(
+    fired: NDArray[np.bool_], weights: NDArray[Any], window_of: NDArray[Any], profile: Any
+) -> FileScore:
+    """:func:`score_detections` from the per-row ``weights`` and ``window_of`` that
+    :func:`point_scores` returns for the file: scoring many detection sets of one file (a
+    threshold or parameter sweep) computes those once. ``fired`` is the (n,) bool detections."""
+    prof = _profile(profile)
     scored = np.unique(window_of[window_of >= 0])
     false_positive = fired & (window_of == -1)
     total = float(np.sum(weights[false_positive]))
