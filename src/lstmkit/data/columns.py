@@ -5,8 +5,8 @@ chunking, WNUT, many NER sets) put one token per line with whitespace- or tab-se
 (``EU NNP B-NP B-ORG``), a blank line after each sentence and sometimes ``-DOCSTART-`` lines
 between documents; which column holds the tag depends on the corpus, so it is chosen by index.
 CoNLL-U (Universal Dependencies) has ten tab-separated fields, with UPOS and XPOS as two
-different tag sets. :func:`lstmkit.data.read_conllu` reads UPOS only; :func:`read_conllu_tags`
-reads either.
+different tag sets. :func:`read_conllu_tags` reads either (it is
+:func:`lstmkit.data.read_conllu`, under the name that sits beside the other readers here).
 
 Every reader returns sentences as lists of ``(token, tag)`` pairs and raises ``ValueError`` with
 the file and the line number for a malformed line, so that one bad line among 200,000 is found
