@@ -8,7 +8,9 @@ nanoGPT's GPU transformer 1.47).
 
 The recipe: a 2-layer LSTM of 512 units over 64-dimensional character embeddings, locked
 dropout 0.2 between the layers and on the output, TBPTT windows of 100 characters over 32
-streams, Adam 2e-3 with gradient norm clipping at 1 (char-rnn's setting).
+streams, Adam 2e-3 with gradient norm clipping at 1 (char-rnn's setting), the rate halved after
+every epoch that does not improve validation, and the best epoch's weights kept at the end
+(``restore_best``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch_size": 32, "bptt": 100, "eval_batch_size": 16, "lr": 2e-3,
             "clip_norm": 1.0, "max_epochs": args.max_epochs or 50,
             "max_time": args.max_minutes if args.max_minutes is not None else 60.0,
+            # halve the rate after an epoch that did not improve validation, and end with the
+            # best epoch's weights: 2 x 512 on 1M characters overfits within the hour
+            "schedule": "plateau", "gamma": 0.5, "plateau_patience": 0, "restore_best": True,
         }  # fmt: skip
     # The last 10% of the characters, as the target says (not cut at a line break).
     cut = int(len(text) * 0.9)

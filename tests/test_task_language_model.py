@@ -312,6 +312,24 @@ def test_random_window_lengths_scale_the_learning_rate_by_seq_len_over_bptt(
         assert {float(row["lr"]) for row in csv.DictReader(f) if row["lr"]} == {0.5}
 
 
+def test_restore_best_ends_with_the_best_epochs_model(tmp_path: Path) -> None:
+    """With ``restore_best`` the estimator (and the model it saves) is the one of the best
+    validation check, not of the last epoch: its validation loss is the history's minimum."""
+    text = "the cat sat on the mat. a dog ran. " * 20
+    estimator = LanguageModelEstimator(
+        emb_size=4, hidden_size=8, num_layers=1, batch_size=2, bptt=8, lr=0.3, max_epochs=5,
+        restore_best=True, **QUICK,
+    )  # fmt: skip
+    estimator.fit(text[:500], val=text[500:700], out=tmp_path)
+    result = estimator.fit_result_
+    assert result is not None and result.restored
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == losses.index(min(losses)) + 1 < len(losses)  # not the last
+    assert estimator.evaluate(text[500:700])["loss"] == pytest.approx(min(losses), rel=1e-5)
+    loaded = LanguageModelEstimator.load(tmp_path)
+    assert loaded.evaluate(text[500:700])["loss"] == pytest.approx(min(losses), rel=1e-5)
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
     text = CYCLE[:240]
     options: dict[str, Any] = {

@@ -31,6 +31,7 @@ from lstmkit.train import (
     step_decay,
     warmup_cosine,
 )
+from lstmkit.train.checkpoint import load_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"progress": False, "tensorboard": False}
@@ -529,6 +530,52 @@ def test_early_stopping_stops_after_patience_checks() -> None:
     assert result.best_val_loss == 0.5
 
 
+def test_restore_best_ends_with_the_weights_of_the_best_check(tmp_path: Path) -> None:
+    # checks: 1.0, 0.4 (best, epoch 2), 0.6, 0.5: the model must end with epoch 2's weights
+    scripted = Scripted([1.0, 0.4, 0.6, 0.5])
+    model = nn.Linear(3, 1)
+    val = [(torch.zeros(1, 3), torch.zeros(1, 1))]
+    result = fit(
+        model, _regression(), loss=scripted, val_data=val, restore_best=True, max_epochs=4,
+        out=tmp_path, **QUIET,
+    )  # fmt: skip
+    assert result.best_epoch == 2 and result.restored and result.stopped == "max_epochs"
+    at_best = scripted.evaluated[1][1]
+    assert not torch.equal(scripted.evaluated[3][1][0], at_best[0])  # training moved on
+    for p, expected in zip(model.parameters(), at_best, strict=True):
+        assert torch.equal(p.detach(), expected)
+    saved, meta = load_safetensors(tmp_path / "best.safetensors")
+    assert meta["epoch"] == "2" and float(meta["val_loss"]) == pytest.approx(0.4)
+    assert torch.equal(saved["weight"], at_best[0])
+    # without restore_best the model keeps its last weights, and best_epoch is still reported
+    scripted = Scripted([1.0, 0.4, 0.6, 0.5])
+    last = fit(nn.Linear(3, 1), _regression(), loss=scripted, val_data=val, max_epochs=4, **QUIET)
+    assert last.best_epoch == 2 and not last.restored
+
+
+def test_restore_best_survives_a_resume(tmp_path: Path) -> None:
+    val = [(torch.zeros(1, 3), torch.zeros(1, 1))]
+    scripted = Scripted([1.0, 0.4, 0.6])
+    torch.manual_seed(0)
+    first = fit(
+        nn.Linear(3, 1), _regression(), loss=scripted, val_data=val, restore_best=True,
+        max_epochs=3, out=tmp_path, **QUIET,
+    )  # fmt: skip
+    assert first.best_epoch == 2
+    at_best = scripted.evaluated[1][1]
+    # resumed for two more epochs whose checks are worse: the weights of epoch 2 come back
+    # from DIR/best.safetensors, though this process never held them in memory
+    later = Scripted([0.7, 0.8])
+    model = nn.Linear(3, 1)
+    resumed = fit(
+        model, _regression(), loss=later, val_data=val, restore_best=True, max_epochs=5,
+        out=tmp_path, resume=True, **QUIET,
+    )  # fmt: skip
+    assert resumed.restored and resumed.best_epoch == 2 and resumed.epochs == 5
+    for p, expected in zip(model.parameters(), at_best, strict=True):
+        assert torch.equal(p.detach(), expected)
+
+
 def test_options_that_need_validation_data_are_refused_without_it() -> None:
     for option, value in (("nt_asgd", 3), ("early_stopping", 2)):
         kwargs = {option: value, "optimizer": "sgd"}
@@ -536,6 +583,8 @@ def test_options_that_need_validation_data_are_refused_without_it() -> None:
             fit(nn.Linear(3, 1), _regression(), loss=_mse, **kwargs)
     with pytest.raises(ValueError, match=r"schedule='plateau' needs val_data"):
         fit(nn.Linear(3, 1), _regression(), loss=_mse, schedule="plateau")
+    with pytest.raises(ValueError, match=r"restore_best needs val_data"):
+        fit(nn.Linear(3, 1), _regression(), loss=_mse, restore_best=True)
 
 
 # ---------------------------------------------------------------------- precision, seeds, logs

@@ -86,6 +86,10 @@ _TRAIN_FLAGS: dict[str, dict[str, Any]] = {
         "help": "stop after N validation checks without improvement",
     },
     "min_delta": {"type": float, "metavar": "D", "help": "smallest improvement that counts"},
+    "restore_best": {
+        "action": argparse.BooleanOptionalAction,
+        "help": "end with the weights of the best validation check, not the last",
+    },
     "precision": {"choices": PRECISIONS, "help": "32 (float32) or bf16 (bfloat16 autocast)"},
     "accelerator": {"choices": ACCELERATORS, "help": "where to train"},
     "devices": {"type": int, "metavar": "N", "help": "processes (DDP: gloo on CPU, NCCL on GPU)"},

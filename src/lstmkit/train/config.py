@@ -86,6 +86,7 @@ class TrainConfig:
     nt_asgd: int | None = None
     early_stopping: int | None = None
     min_delta: float = 0.0
+    restore_best: bool = False
     precision: str = "32"
     accelerator: str = "auto"
     devices: int = 1
@@ -119,6 +120,7 @@ class TrainConfig:
             "nt_asgd": _optional_positive_int("nt_asgd", self.nt_asgd),
             "early_stopping": _optional_positive_int("early_stopping", self.early_stopping),
             "min_delta": _non_negative_float("min_delta", self.min_delta),
+            "restore_best": c.boolean("restore_best", self.restore_best),
             "precision": c.choice("precision", self.precision, PRECISIONS),
             "accelerator": c.choice("accelerator", self.accelerator, ACCELERATORS),
             "devices": c.positive_int("devices", self.devices),

@@ -48,6 +48,7 @@ Objective = Callable[[nn.Module, Any], Any]
 
 _END = object()
 _PRECISION = {"32": "32-true", "bf16": "bf16-mixed"}
+BEST_WEIGHTS = "best.safetensors"  # restore_best: the best check's weights, in the run directory
 LOG_COLUMNS = ("step", "epoch", "batch", "time", "train_loss", "lr", "grad_norm", "val_loss")
 
 
@@ -59,6 +60,9 @@ class FitResult:
     many epochs), ``step`` (optimizer steps so far), ``val_loss``, ``lr`` and ``averaging``
     (whether NT-ASGD's averaged weights were evaluated). ``main_process`` is False in the
     processes other than rank 0 of a multi-process run: only the main one should write files.
+    ``best_epoch`` is the check with the lowest validation loss (1-based, None without
+    validation); ``restored`` is True when ``restore_best`` put that check's weights back into
+    the model at the end.
     """
 
     epochs: int
@@ -68,6 +72,8 @@ class FitResult:
     best_val_loss: float | None = None
     nt_asgd_epoch: int | None = None
     main_process: bool = True
+    best_epoch: int | None = None
+    restored: bool = False
 
     @property
     def val_loss(self) -> float | None:
@@ -363,6 +369,8 @@ def fit(
         for option in ("nt_asgd", "early_stopping"):
             if getattr(cfg, option) is not None:
                 raise ValueError(f"{option} needs val_data: it acts on validation checks")
+        if cfg.restore_best:
+            raise ValueError("restore_best needs val_data: it keeps the best validation check")
         if cfg.schedule == "plateau":
             raise ValueError("schedule='plateau' needs val_data: it acts on validation checks")
     run_dir = None if out is None else Path(out)
@@ -445,6 +453,9 @@ class _Loop:
         self.schedule = Schedule(self.optimizer, cfg, batches_per_epoch=self.batches_per_epoch)
         self.ntasgd = NTASGD(cfg.nt_asgd) if cfg.nt_asgd is not None else None
         self.early = EarlyStopping(cfg.early_stopping, cfg.min_delta)
+        # restore_best: the weights (CPU copies) and the check with the lowest validation loss
+        self.best: dict[str, Any] | None = None
+        self.best_weights: dict[str, Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self.pos = _Position()
         self.rng_epoch_start: dict[str, Any] | None = None
@@ -461,6 +472,7 @@ class _Loop:
             "schedule": self.schedule.state_dict(),
             "ntasgd": None if self.ntasgd is None else self.ntasgd.state(),
             "early_stopping": self.early.state(),
+            "best": self.best,
             "history": self.history,
             "log_offset": None if self.log is None else self.log.offset(),
         }
@@ -526,6 +538,11 @@ class _Loop:
         if self.ntasgd is not None and state["ntasgd"] is not None:
             self.ntasgd.load_state(state["ntasgd"], self.model)
         self.early.load_state(state["early_stopping"])
+        self.best = state.get("best")
+        if self.cfg.restore_best and self.best is not None:
+            assert self.run_dir is not None
+            weights, _ = ckpt.load_safetensors(self.run_dir / BEST_WEIGHTS)
+            self.best_weights = weights
         self.history = state["history"]
         self.pos = _Position(**state["position"])
         mine = found.ranks[self.fabric.global_rank]
@@ -553,6 +570,13 @@ class _Loop:
                 logger.finalize(status)
         if self.ntasgd is not None and self.ntasgd.averaged is not None:
             self.model.load_state_dict(self.ntasgd.averaged.module.state_dict())
+        restored = self.best_weights is not None
+        if self.best_weights is not None:
+            device = self.fabric.device
+            self.model.load_state_dict({k: v.to(device) for k, v in self.best_weights.items()})
+        best_epoch = None
+        if self.history:
+            best_epoch = min(self.history, key=lambda h: h["val_loss"])["epoch"]
         return FitResult(
             epochs=self.pos.epoch,
             steps=self.pos.step,
@@ -561,6 +585,8 @@ class _Loop:
             best_val_loss=self.early.best,
             nt_asgd_epoch=None if self.ntasgd is None else self.ntasgd.switched_epoch,
             main_process=self.zero,
+            best_epoch=best_epoch,
+            restored=restored,
         )
 
     def _epochs(self) -> str:
@@ -596,6 +622,22 @@ class _Loop:
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def _keep_best(self, evaluated: nn.Module, epoch: int, val_loss: float) -> None:
+        """``restore_best``: copy the weights just validated (NT-ASGD's average once it runs)
+        to the CPU and, with a run directory, to ``DIR/best.safetensors`` (atomically, before
+        the epoch's checkpoint names it), so that a resumed run restores the same weights."""
+        self.best = {"epoch": epoch, "val_loss": val_loss}
+        self.best_weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()
+        }
+        if self.run_dir is not None and self.zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.save_safetensors_atomic(
+                self.run_dir / BEST_WEIGHTS,
+                self.best_weights,
+                {"epoch": str(epoch), "val_loss": repr(val_loss)},
+            )
 
     def _train_epoch(self, epoch: int, batches: Iterator[Any]) -> bool:
         """One epoch (from ``self.pos.batch`` on); True when ``max_time`` ran out."""
@@ -708,6 +750,8 @@ class _Loop:
                 self.ntasgd.check(val_loss, self.model, epoch + 1)
             self.schedule.after_validation(val_loss)
             stop = self.early.update(val_loss)
+            if self.cfg.restore_best and (self.best is None or val_loss < self.best["val_loss"]):
+                self._keep_best(evaluated, epoch + 1, val_loss)
             entry = {
                 "epoch": epoch + 1,
                 "step": self.pos.step,
