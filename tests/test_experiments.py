@@ -109,6 +109,17 @@ def test_long_memory_copy_task_runs_and_reports_its_anchor(tmp_path: Path) -> No
             assert math.isfinite(value["test_ce"])
 
 
+def test_long_memory_models_selects_a_subset_with_the_full_runs_seeds(tmp_path: Path) -> None:
+    extra = ("--adding-T", "6", "--copy-T", "--steps", "3")
+    full = run_quick("claims_long_memory", tmp_path / "all", *extra)["adding"]["6"]
+    some = run_quick(
+        "claims_long_memory", tmp_path / "some", *extra, "--models", "lstm-chrono", "rnn"
+    )["adding"]["6"]
+    assert set(some) == {"baseline", "RNN", "LSTM, chrono init"}
+    for name in ("RNN", "LSTM, chrono init"):  # same seed and batches: the same model
+        assert some[name]["test_mse"] == full[name]["test_mse"]
+
+
 # ------------------------------------------------------------------------------ GRU vs LSTM
 def test_gru_has_a_quarter_fewer_parameters(tmp_path: Path) -> None:
     r = run_quick("claims_gru_vs_lstm", tmp_path)
