@@ -17,6 +17,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &lstmkit::gru_backward, "Fused GRU scan, backward", no_gil);
   m.def("rnn_forward", &lstmkit::rnn_forward, "Fused RNN scan, forward", no_gil);
   m.def("rnn_backward", &lstmkit::rnn_backward, "Fused RNN scan, backward", no_gil);
+  m.def("bernoulli_fill", &lstmkit::bernoulli_fill,
+        "Fill a CPU tensor with Bernoulli(p) draws (1/0) from a counter-based generator", no_gil);
   py::class_<lstmkit::StepKernel>(m, "StepKernel", "One streaming time step (step.cpp)")
       .def(py::init<const std::string&, const std::vector<std::vector<at::Tensor>>&,
                     const std::vector<std::vector<int64_t>>&,

@@ -57,6 +57,11 @@ std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& h0,
                                 const std::vector<OptTensor>& masks, const OptTensor& batch_sizes,
                                 double rate_h, bool relu, int64_t mode);
 
+// Fills `out` (contiguous, CPU, floating or bool) with independent Bernoulli(p) draws as 1 and
+// 0: element i is 1 where the i-th uniform of a counter-based generator seeded with `seed` is
+// below p (masks.cpp). The same (seed, shape) gives the same tensor for any thread count.
+void bernoulli_fill(const Tensor& out, double p, int64_t seed);
+
 // Returns {dx, dh0, dw_ih, dw_hh, db_ih, db_hh, d ln_ih, d ln_hh}.
 std::vector<Tensor> rnn_backward(const Tensor& gy, const Tensor& gh, const Tensor& x,
                                  const Tensor& h0, const std::vector<OptTensor>& params,
