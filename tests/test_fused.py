@@ -749,3 +749,28 @@ def test_zoneout_training_masks_are_reproducible_with_manual_seed() -> None:
     y2, _ = layer(x)
     y3, _ = layer(x)
     assert torch.equal(y1, y2) and not torch.equal(y1, y3)
+
+
+# ---------------------------------------------------------------------- buffer cache
+def test_large_buffers_are_reused_from_the_cache_and_released_by_empty_cache() -> None:
+    fused.empty_cache()
+    assert fused.buffer_cache()["idle_bytes"] == 0
+    layer = lstmkit.LSTM(16, 128, backend="fused")  # gate rows: 60 x 16 x 512 floats = 1.9 MB
+    x = torch.randn(60, 16, 16, requires_grad=True)
+    first = None
+    for _ in range(3):
+        y, _ = layer(x)
+        y.sum().backward()
+        grads = [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        x.grad = None
+        if first is None:
+            first = grads
+        else:  # reused (uninitialised) buffers change nothing
+            assert all(torch.equal(a, b) for a, b in zip(first, grads, strict=True))
+    del y
+    cache = fused.buffer_cache()
+    assert cache["idle_bytes"] > 1 << 20 and cache["idle_buffers"] >= 1
+    assert cache["idle_bytes"] <= cache["cap_bytes"]
+    assert fused.empty_cache() == cache["idle_bytes"]
+    assert fused.buffer_cache()["idle_bytes"] == 0

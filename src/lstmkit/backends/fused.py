@@ -86,6 +86,23 @@ def available() -> bool:
     return _C is not None
 
 
+def buffer_cache() -> dict[str, int]:
+    """The kernels' cache of large buffers: ``idle_bytes`` and ``idle_buffers`` (freed buffers
+    kept for reuse, their pages still mapped, so the next call of the same shape faults in no
+    memory) and ``cap_bytes`` (the most it keeps idle: ``LSTMKIT_BUFFER_CACHE_MB``, default
+    1024, read once per process; 0 turns it off). Zeros without the extension."""
+    if _C is None:
+        return {"idle_bytes": 0, "idle_buffers": 0, "cap_bytes": 0}
+    idle, count, cap = _C.buffer_cache_info()
+    return {"idle_bytes": idle, "idle_buffers": count, "cap_bytes": cap}
+
+
+def empty_cache() -> int:
+    """Free the idle buffers of the kernels' cache (as ``torch.cuda.empty_cache`` does for
+    CUDA's); returns the bytes freed. Buffers in use are untouched."""
+    return 0 if _C is None else int(_C.release_buffer_cache())
+
+
 _MASK_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.bool)
 
 

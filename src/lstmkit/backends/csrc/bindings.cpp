@@ -3,6 +3,7 @@
 // only use ATen, so they release the GIL while they run.
 // ops.h first: it sets the SIMD capability before any ATen header includes the vec headers.
 #include "ops.h"
+#include "gemm.h"
 
 #include <torch/extension.h>
 
@@ -17,6 +18,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &lstmkit::gru_backward, "Fused GRU scan, backward", no_gil);
   m.def("rnn_forward", &lstmkit::rnn_forward, "Fused RNN scan, forward", no_gil);
   m.def("rnn_backward", &lstmkit::rnn_backward, "Fused RNN scan, backward", no_gil);
+  m.def("buffer_cache_info", &lstmkit::buffer_cache_info,
+        "{idle bytes, idle buffers, cap bytes} of the kernels' cache of large buffers");
+  m.def("release_buffer_cache", &lstmkit::release_buffer_cache,
+        "Free the idle buffers of the kernels' cache; returns the bytes freed");
   m.def("bernoulli_fill", &lstmkit::bernoulli_fill,
         "Fill a CPU tensor with Bernoulli(p) draws (1/0) from a counter-based generator", no_gil);
   py::class_<lstmkit::StepKernel>(m, "StepKernel", "One streaming time step (step.cpp)")

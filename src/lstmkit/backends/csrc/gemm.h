@@ -665,22 +665,15 @@ struct Layout {
 // the micro-kernel.
 inline bool split_rows(int64_t batch, int nt) { return nt > 1 && batch >= 8 * nt; }
 
-// at::empty, asking for transparent huge pages where the buffer is large (8 MB or more): a
-// fresh buffer is then faulted in 2 MB at a time instead of 4 KB, which halves or better the
-// cost of first touching it (the kernels write tens of MB per call at the larger sizes).
-inline Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o) {
-  Tensor t = at::empty(sizes, o);
-#if defined(MADV_HUGEPAGE)
-  const uintptr_t bytes = static_cast<uintptr_t>(t.numel()) * t.element_size();
-  if (bytes >= (uintptr_t(8) << 20)) {
-    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t s = (p + kHuge - 1) & ~(kHuge - 1), e = (p + bytes) & ~(kHuge - 1);
-    if (e > s) madvise(reinterpret_cast<void*>(s), e - s, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
+// An uninitialised CPU tensor for a kernel buffer. From kPooledBytes up it comes from a cache
+// of freed buffers (pool.cpp: their pages stay mapped, so no page faults on reuse), allocated
+// 2 MB-aligned with transparent huge pages asked for; smaller ones are at::empty.
+constexpr size_t kPooledBytes = size_t(1) << 20;
+Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o);
+// {idle bytes, idle buffers, cap in bytes} of the cache, and releasing its idle buffers
+// (returns the bytes released).
+std::vector<int64_t> buffer_cache_info();
+int64_t release_buffer_cache();
 
 // The rows of ATen tensors that kernels fill by raw pointers.
 template <typename T>

@@ -1,0 +1,115 @@
+// The cache of large buffers behind empty_big (gemm.h).
+//
+// Every forward and backward call of the kernels allocates tens of MB of buffers (gate rows,
+// saved activations, gradient rows) and frees them when autograd is done with them. Buffers of
+// that size come from mmap and go back to the kernel on free, so each call faulted all of them
+// in again, 4 KB (or 2 MB) at a time: a page fault and a page clear per page, serialised on the
+// process's memory map when two threads fault at once. In training at T = 1000 that was over a
+// third of the CPU time. Here a freed buffer waits in a cache keyed by its size, and the next
+// request of (nearly) that size takes it back with its pages still mapped. Idle buffers are
+// capped at LSTMKIT_BUFFER_CACHE_MB (default 1024; 0 turns the cache off) and released by
+// release_buffer_cache().
+#include "ops.h"
+#include "gemm.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+
+namespace lstmkit {
+namespace {
+
+constexpr size_t kHuge = size_t(2) << 20;
+
+struct Pool {
+  std::mutex mu;
+  std::multimap<size_t, void*> idle;  // block size -> block
+  size_t idle_bytes = 0;
+  size_t cap = size_t(1024) << 20;
+
+  Pool() {
+    if (const char* env = std::getenv("LSTMKIT_BUFFER_CACHE_MB")) {
+      char* end = nullptr;
+      const unsigned long long mb = std::strtoull(env, &end, 10);
+      if (end != env) cap = static_cast<size_t>(mb) << 20;
+    }
+  }
+
+  void* take(size_t size) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = idle.lower_bound(size);
+    // an exact or slightly larger block (training repeats the same sizes call after call)
+    if (it == idle.end() || it->first > size + size / 4) return nullptr;
+    void* p = it->second;
+    idle_bytes -= it->first;
+    idle.erase(it);
+    return p;
+  }
+
+  void give(void* p, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (idle_bytes + size <= cap) {
+        idle.emplace(size, p);
+        idle_bytes += size;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+  size_t release() {
+    std::multimap<size_t, void*> out;
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      out.swap(idle);
+      bytes = idle_bytes;
+      idle_bytes = 0;
+    }
+    for (auto& [size, p] : out) std::free(p);
+    return bytes;
+  }
+};
+
+// Never destroyed: tensors that hold pooled blocks may be freed during interpreter shutdown,
+// after static destructors would have run.
+Pool& pool() {
+  static Pool* p = new Pool();
+  return *p;
+}
+
+}  // namespace
+
+Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  const int64_t numel = c10::multiply_integers(sizes);
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(o.dtype()));
+  Pool& pl = pool();
+  if (bytes < kPooledBytes || pl.cap == 0) return at::empty(sizes, o);
+  // from 8 MB: whole 2 MB pages, faulted in 2 MB at a time on first touch (transparent huge
+  // pages); below: 64 KB granules
+  const bool huge = bytes >= (size_t(8) << 20);
+  const size_t grain = huge ? kHuge : size_t(64) << 10;
+  const size_t size = (bytes + grain - 1) & ~(grain - 1);
+  void* p = pl.take(size);
+  if (p == nullptr) {
+    p = std::aligned_alloc(huge ? kHuge : 64, size);
+    TORCH_CHECK(p != nullptr, "lstmkit fused: out of memory allocating ", size, " bytes");
+#if defined(MADV_HUGEPAGE)
+    if (huge) madvise(p, size, MADV_HUGEPAGE);
+#endif
+  }
+  return at::from_blob(p, sizes, [size](void* q) { pool().give(q, size); },
+                       o.device(at::kCPU));
+}
+
+std::vector<int64_t> buffer_cache_info() {
+  Pool& pl = pool();
+  std::lock_guard<std::mutex> lock(pl.mu);
+  return {static_cast<int64_t>(pl.idle_bytes), static_cast<int64_t>(pl.idle.size()),
+          static_cast<int64_t>(pl.cap)};
+}
+
+int64_t release_buffer_cache() { return static_cast<int64_t>(pool().release()); }
+
+}  // namespace lstmkit
