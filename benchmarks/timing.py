@@ -98,8 +98,18 @@ def peak_memory(fn: Callable[[], object]) -> tuple[int | None, str]:
     except ImportError as err:  # pragma: no cover - torch always has it
         fn()
         return None, f"torch.profiler unavailable ({err})"
-    with _filtered_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
-        fn()
+    # the fused kernels' cache of large buffers hands out memory torch's allocator never sees:
+    # off for this call, so that every buffer the call needs shows up as an allocation
+    from lstmkit.backends import fused
+
+    cached = fused.set_buffer_cache(False)
+    try:
+        with _filtered_stderr(), profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True
+        ) as p:
+            fn()
+    finally:
+        fused.set_buffer_cache(cached)
     try:
         events = [e for e in p.profiler.kineto_results.events() if e.name() == "[memory]"]
     except (AttributeError, RuntimeError) as err:

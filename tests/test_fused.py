@@ -774,3 +774,19 @@ def test_large_buffers_are_reused_from_the_cache_and_released_by_empty_cache() -
     assert cache["idle_bytes"] <= cache["cap_bytes"]
     assert fused.empty_cache() == cache["idle_bytes"]
     assert fused.buffer_cache()["idle_bytes"] == 0
+
+
+def test_buffer_cache_can_be_turned_off_for_memory_profiling() -> None:
+    fused.empty_cache()
+    layer = lstmkit.LSTM(16, 128, backend="fused")
+    x = torch.randn(60, 16, 16, requires_grad=True)
+    assert fused.set_buffer_cache(False) is True
+    try:
+        layer(x)[0].sum().backward()
+        assert fused.buffer_cache()["idle_bytes"] == 0  # nothing went through the cache
+    finally:
+        assert fused.set_buffer_cache(True) is False
+    layer(x)[0].sum().backward()
+    assert fused.buffer_cache()["idle_bytes"] > 0
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        fused.set_buffer_cache(1)  # type: ignore[arg-type]

@@ -97,6 +97,15 @@ def buffer_cache() -> dict[str, int]:
     return {"idle_bytes": idle, "idle_buffers": count, "cap_bytes": cap}
 
 
+def set_buffer_cache(enabled: bool) -> bool:
+    """Turn the cache of large buffers on or off for the buffers asked for from now on (off:
+    plain ``torch.empty``, which torch's memory profiler sees; the benchmarks measure peak
+    memory that way); returns the previous setting (False without the extension)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    return False if _C is None else bool(_C.set_buffer_cache(enabled))
+
+
 def empty_cache() -> int:
     """Free the idle buffers of the kernels' cache (as ``torch.cuda.empty_cache`` does for
     CUDA's); returns the bytes freed. Buffers in use are untouched."""

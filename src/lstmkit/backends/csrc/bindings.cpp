@@ -22,6 +22,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "{idle bytes, idle buffers, cap bytes} of the kernels' cache of large buffers");
   m.def("release_buffer_cache", &lstmkit::release_buffer_cache,
         "Free the idle buffers of the kernels' cache; returns the bytes freed");
+  m.def("set_buffer_cache", &lstmkit::set_buffer_cache,
+        "Turn the cache of large buffers on or off for new requests; returns the previous setting");
   m.def("bernoulli_fill", &lstmkit::bernoulli_fill,
         "Fill a CPU tensor with Bernoulli(p) draws (1/0) from a counter-based generator", no_gil);
   py::class_<lstmkit::StepKernel>(m, "StepKernel", "One streaming time step (step.cpp)")

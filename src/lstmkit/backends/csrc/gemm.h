@@ -674,6 +674,8 @@ Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o);
 // (returns the bytes released).
 std::vector<int64_t> buffer_cache_info();
 int64_t release_buffer_cache();
+// Turn the cache on or off for new requests; returns the previous setting.
+bool set_buffer_cache(bool enabled);
 
 // The rows of ATen tensors that kernels fill by raw pointers.
 template <typename T>

@@ -8,10 +8,12 @@
 // third of the CPU time. Here a freed buffer waits in a cache keyed by its size, and the next
 // request of (nearly) that size takes it back with its pages still mapped. Idle buffers are
 // capped at LSTMKIT_BUFFER_CACHE_MB (default 1024; 0 turns the cache off) and released by
-// release_buffer_cache().
+// release_buffer_cache(); set_buffer_cache(false) sends new requests to at::empty (torch's
+// allocator, which memory profilers see) until it is turned on again.
 #include "ops.h"
 #include "gemm.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -26,6 +28,7 @@ struct Pool {
   std::multimap<size_t, void*> idle;  // block size -> block
   size_t idle_bytes = 0;
   size_t cap = size_t(1024) << 20;
+  std::atomic<bool> enabled{true};
 
   Pool() {
     if (const char* env = std::getenv("LSTMKIT_BUFFER_CACHE_MB")) {
@@ -85,7 +88,9 @@ Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o) {
   const int64_t numel = c10::multiply_integers(sizes);
   const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(o.dtype()));
   Pool& pl = pool();
-  if (bytes < kPooledBytes || pl.cap == 0) return at::empty(sizes, o);
+  if (bytes < kPooledBytes || pl.cap == 0 || !pl.enabled.load(std::memory_order_relaxed)) {
+    return at::empty(sizes, o);
+  }
   // from 8 MB: whole 2 MB pages, faulted in 2 MB at a time on first touch (transparent huge
   // pages); below: 64 KB granules
   const bool huge = bytes >= (size_t(8) << 20);
@@ -111,5 +116,7 @@ std::vector<int64_t> buffer_cache_info() {
 }
 
 int64_t release_buffer_cache() { return static_cast<int64_t>(pool().release()); }
+
+bool set_buffer_cache(bool enabled) { return pool().enabled.exchange(enabled); }
 
 }  // namespace lstmkit
