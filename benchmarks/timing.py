@@ -104,9 +104,10 @@ def peak_memory(fn: Callable[[], object]) -> tuple[int | None, str]:
 
     cached = fused.set_buffer_cache(False)
     try:
-        with _filtered_stderr(), profile(
-            activities=[ProfilerActivity.CPU], profile_memory=True
-        ) as p:
+        with (
+            _filtered_stderr(),
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p,
+        ):
             fn()
     finally:
         fused.set_buffer_cache(cached)
