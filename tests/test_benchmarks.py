@@ -239,3 +239,21 @@ def test_streaming_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lstmkit.streaming", fake2)
     fn, how = make_streaming_step(layer, x)
     assert how == "lstmkit.streaming.Stream(module).step(x)"
+
+
+def test_buffer_cache_benchmark_runs_and_restores_the_cache(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fused = pytest.importorskip("lstmkit.backends.fused")
+    if not fused.available():
+        pytest.skip("the fused extension is not built")
+    from benchmarks import buffer_cache
+
+    monkeypatch.setattr(buffer_cache, "SHAPES", [("tiny", 40, 16, 4, 128)])
+    rows = buffer_cache.run(threads=1, rounds=1)
+    assert [(r["shape"], r["variant"]) for r in rows] == [("tiny", "plain"), ("tiny", "layer_norm")]
+    for r in rows:
+        assert r["off_ms"] > 0 and r["on_ms"] > 0  # type: ignore[operator]
+        assert r["ratio"] == pytest.approx(r["on_ms"] / r["off_ms"])  # type: ignore[operator]
+    assert fused.set_buffer_cache(True) is True  # left on
+    assert "on/off" in capsys.readouterr().out
