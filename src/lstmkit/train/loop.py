@@ -453,8 +453,8 @@ class _Loop:
         self.schedule = Schedule(self.optimizer, cfg, batches_per_epoch=self.batches_per_epoch)
         self.ntasgd = NTASGD(cfg.nt_asgd) if cfg.nt_asgd is not None else None
         self.early = EarlyStopping(cfg.early_stopping, cfg.min_delta)
-        # restore_best: the weights (CPU copies) and the check with the lowest validation loss
-        self.best: dict[str, Any] | None = None
+        # restore_best: CPU copies of the weights of the check with the lowest validation loss
+        # (which check that is, is read from the history)
         self.best_weights: dict[str, Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self.pos = _Position()
@@ -472,7 +472,6 @@ class _Loop:
             "schedule": self.schedule.state_dict(),
             "ntasgd": None if self.ntasgd is None else self.ntasgd.state(),
             "early_stopping": self.early.state(),
-            "best": self.best,
             "history": self.history,
             "log_offset": None if self.log is None else self.log.offset(),
         }
@@ -538,12 +537,10 @@ class _Loop:
         if self.ntasgd is not None and state["ntasgd"] is not None:
             self.ntasgd.load_state(state["ntasgd"], self.model)
         self.early.load_state(state["early_stopping"])
-        self.best = state.get("best")
-        if self.cfg.restore_best and self.best is not None:
-            assert self.run_dir is not None
-            weights, _ = ckpt.load_safetensors(self.run_dir / BEST_WEIGHTS)
-            self.best_weights = weights
         self.history = state["history"]
+        if self.cfg.restore_best and self.history:  # the first check always wrote the file
+            assert self.run_dir is not None
+            self.best_weights, _ = ckpt.load_safetensors(self.run_dir / BEST_WEIGHTS)
         self.pos = _Position(**state["position"])
         mine = found.ranks[self.fabric.global_rank]
         self.rng_now = mine["rng"]
@@ -627,7 +624,6 @@ class _Loop:
         """``restore_best``: copy the weights just validated (NT-ASGD's average once it runs)
         to the CPU and, with a run directory, to ``DIR/best.safetensors`` (atomically, before
         the epoch's checkpoint names it), so that a resumed run restores the same weights."""
-        self.best = {"epoch": epoch, "val_loss": val_loss}
         self.best_weights = {
             k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()
         }
@@ -750,7 +746,9 @@ class _Loop:
                 self.ntasgd.check(val_loss, self.model, epoch + 1)
             self.schedule.after_validation(val_loss)
             stop = self.early.update(val_loss)
-            if self.cfg.restore_best and (self.best is None or val_loss < self.best["val_loss"]):
+            if self.cfg.restore_best and (
+                not self.history or val_loss < min(h["val_loss"] for h in self.history)
+            ):
                 self._keep_best(evaluated, epoch + 1, val_loss)
             entry = {
                 "epoch": epoch + 1,
