@@ -666,8 +666,8 @@ struct Layout {
 inline bool split_rows(int64_t batch, int nt) { return nt > 1 && batch >= 8 * nt; }
 
 // An uninitialised CPU tensor for a kernel buffer. From kPooledBytes up it comes from a cache
-// of freed buffers (pool.cpp: their pages stay mapped, so no page faults on reuse), allocated
-// 2 MB-aligned with transparent huge pages asked for; smaller ones are at::empty.
+// of freed buffers (pool.cpp: their pages stay mapped, so no page faults on reuse; from 8 MB
+// up allocated 2 MB-aligned with transparent huge pages asked for); smaller ones are at::empty.
 constexpr size_t kPooledBytes = size_t(1) << 20;
 Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o);
 // {idle bytes, idle buffers, cap in bytes} of the cache, and releasing its idle buffers

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <utility>
 
 namespace lstmkit {
 namespace {
@@ -39,15 +40,16 @@ struct Pool {
     }
   }
 
-  void* take(size_t size) {
+  // An idle block of `size` bytes or slightly more (training repeats the same sizes call after
+  // call) and its true size, or {nullptr, 0}.
+  std::pair<void*, size_t> take(size_t size) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = idle.lower_bound(size);
-    // an exact or slightly larger block (training repeats the same sizes call after call)
-    if (it == idle.end() || it->first > size + size / 4) return nullptr;
-    void* p = it->second;
+    if (it == idle.end() || it->first > size + size / 4) return {nullptr, 0};
+    const std::pair<void*, size_t> block{it->second, it->first};
     idle_bytes -= it->first;
     idle.erase(it);
-    return p;
+    return block;
   }
 
   void give(void* p, size_t size) {
@@ -87,7 +89,8 @@ Pool& pool() {
 
 Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o) {
   const int64_t numel = c10::multiply_integers(sizes);
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(o.dtype()));
+  const size_t bytes =
+      static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(o.dtype()));
   Pool& pl = pool();
   if (bytes < kPooledBytes || pl.cap == 0 || !pl.enabled.load(std::memory_order_relaxed)) {
     return at::empty(sizes, o);
@@ -96,16 +99,18 @@ Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& o) {
   // pages); below: 64 KB granules
   const bool huge = bytes >= (size_t(8) << 20);
   const size_t grain = huge ? kHuge : size_t(64) << 10;
-  const size_t size = (bytes + grain - 1) & ~(grain - 1);
-  void* p = pl.take(size);
+  const size_t want = (bytes + grain - 1) & ~(grain - 1);
+  auto [p, size] = pl.take(want);
   if (p == nullptr) {
+    size = want;
     p = std::aligned_alloc(huge ? kHuge : 64, size);
     TORCH_CHECK(p != nullptr, "lstmkit fused: out of memory allocating ", size, " bytes");
 #if defined(MADV_HUGEPAGE)
     if (huge) madvise(p, size, MADV_HUGEPAGE);
 #endif
   }
-  return at::from_blob(p, sizes, [size](void* q) { pool().give(q, size); },
+  // the block goes back under its true size, which may exceed this request's
+  return at::from_blob(p, sizes, [size = size](void* q) { pool().give(q, size); },
                        o.device(at::kCPU));
 }
 
