@@ -210,25 +210,27 @@ def test_fused_matches_reference(variant, structure, inputs, reg):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("batch", [17, 3])
-def test_fused_matches_reference_on_two_threads(batch):
-    """Two threads: a batch of 17 is split by sequences (each thread its own rows), one of 3
-    by units within each step (the threads meet after every phase); layer norm's whole-row
-    passes, the projection's second product and the reset-before GRU's two products included.
-    Results do not depend on the split: one thread gives the same bits (the products are the
-    same chains of multiply-adds, and the gain and peephole gradients sum each column in row
-    order)."""
+@pytest.mark.parametrize(("batch", "hidden"), [(17, 130), (3, 260), (17, 260)])
+def test_fused_matches_reference_on_two_threads(batch, hidden):
+    """Two threads: a batch of 17 with hidden 130 is split by sequences (each thread its own
+    rows), one of 3 by units within each step (the threads meet after every phase), and one of
+    17 with hidden 260 by units where the recurrent weights (over 1 MB for the LSTM) overflow
+    a core's L2 but half of them fit (on this machine's 1 MB L2; elsewhere it may be the row
+    split). Layer norm's whole-row passes, the projection's second product and the
+    reset-before GRU's two products included. Results do not depend on the split: one thread
+    gives the same bits (the products are the same chains of multiply-adds, and the gain and
+    peephole gradients sum each sequence's steps in time order, then the sequences in order)."""
     threads = torch.get_num_threads()
     try:
         for cls, options in [
-            (lstmkit.LSTM, {"peephole": True, "proj_size": 150}),
+            (lstmkit.LSTM, {"peephole": True, "proj_size": hidden // 2 + 20}),
             (lstmkit.LSTM, {"layer_norm": True}),
             (lstmkit.GRU, {"reset_after": False}),
             (lstmkit.GRU, {"layer_norm": True}),
             (lstmkit.RNN, {}),
         ]:
-            ref = cls(5, 260, backend="reference", zoneout=0.2, recurrent_dropout=0.2, **options)
-            fu = cls(5, 260, backend="fused", zoneout=0.2, recurrent_dropout=0.2, **options)
+            ref = cls(5, hidden, backend="reference", zoneout=0.2, recurrent_dropout=0.2, **options)
+            fu = cls(5, hidden, backend="fused", zoneout=0.2, recurrent_dropout=0.2, **options)
             fu.load_state_dict(ref.state_dict())
             x = torch.randn(3, batch, 5, requires_grad=True)
             lengths = torch.tensor([*([3, 1] * 9)[: batch - 1], 0])

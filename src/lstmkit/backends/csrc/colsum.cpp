@@ -8,8 +8,19 @@ template <typename TA, typename TB>
 void col_dot_impl(const Tensor& a, const Tensor& b, const double* mean, const double* rstd,
                   double* out) {
   const int64_t N = a.size(0), n = a.size(1);
-  const int64_t lda = a.stride(0), ldb = b.stride(0);
+  const int64_t lda = a.stride(0);
   const TA* pa = a.const_data_ptr<TA>();
+  if (!b.defined()) {  // plain column sums
+    at::parallel_for(0, n, 256, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) out[j] = 0.0;
+      for (int64_t r = 0; r < N; ++r) {
+        const TA* ar = pa + r * lda;
+        for (int64_t j = j0; j < j1; ++j) out[j] += static_cast<double>(ar[j]);
+      }
+    });
+    return;
+  }
+  const int64_t ldb = b.stride(0);
   const TB* pb = b.const_data_ptr<TB>();
   constexpr int64_t kBlock = 64;  // columns per task: a few cache lines of every row
   const int64_t blocks = (n + kBlock - 1) / kBlock;
@@ -32,6 +43,7 @@ void col_dot_impl(const Tensor& a, const Tensor& b, const double* mean, const do
 
 template <typename TA>
 void dispatch_b(const Tensor& a, const Tensor& b, const double* m, const double* s, double* o) {
+  if (!b.defined()) return col_dot_impl<TA, TA>(a, b, m, s, o);
   switch (b.scalar_type()) {
     case at::kFloat: return col_dot_impl<TA, float>(a, b, m, s, o);
     case at::kDouble: return col_dot_impl<TA, double>(a, b, m, s, o);
@@ -43,9 +55,10 @@ void dispatch_b(const Tensor& a, const Tensor& b, const double* m, const double*
 }  // namespace
 
 Tensor col_dot(const Tensor& a, const Tensor& b, const OptTensor& mean, const OptTensor& rstd) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.sizes() == b.sizes(), "col_dot: shapes ",
-              a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1, "col_dot: columns must be contiguous");
+  TORCH_CHECK(a.dim() == 2 && (!b.defined() || (b.dim() == 2 && a.sizes() == b.sizes())),
+              "col_dot: shapes ", a.sizes(), " and ", b.defined() ? b.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(a.stride(1) == 1 && (!b.defined() || b.stride(1) == 1),
+              "col_dot: columns must be contiguous");
   const int64_t N = a.size(0);
   auto as_double = [N](const OptTensor& t) {
     return t.has_value() && t->defined() ? t->reshape({N}).to(at::kDouble).contiguous()

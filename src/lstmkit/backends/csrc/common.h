@@ -70,7 +70,8 @@ constexpr double kLnEps = 1e-5;
 // (mean and rstd per row, each optional: 0 and 1 when undefined). One pass over a and b,
 // parallel over blocks of columns, each column summed in row order in double precision: the
 // same bits for any number of threads, where the ATen expression ((b - mean) * rstd * a).sum(0)
-// makes three temporaries of (N, n). Returns a (n) tensor of a's dtype (colsum.cpp).
+// makes three temporaries of (N, n). With b undefined: the column sums of a, in the same way.
+// Returns a (n) tensor of a's dtype (colsum.cpp).
 Tensor col_dot(const Tensor& a, const Tensor& b, const OptTensor& mean = std::nullopt,
                const OptTensor& rstd = std::nullopt);
 

@@ -410,6 +410,20 @@ struct Bwd {
   T* dhraw = nullptr;  // (N, P) with projection
   T* dm = nullptr;     // (B, H) with projection
   T* dco = nullptr;    // (N, H) with layer norm: gradient of c_out
+  // LN_ih in the loop (layer norm): gain, raw products, moments, and d_in = dL/d(x W_ih^T)
+  const T *g_ih = nullptr, *xw = nullptr, *mean_ih = nullptr, *rstd_ih = nullptr;
+  T* d_in = nullptr;  // (N, G)
+  // Column sums per batch row (a lane of acc_stride per row b, over its steps), added lane by
+  // lane after the loop: the gradients of the layer-norm gains and bias and of the
+  // peepholes, accumulated while their operands are in cache instead of in passes over all
+  // the saved rows after the loop. A row's steps run in time order whichever thread runs
+  // them, so the sums do not depend on the thread count.
+  T* acc = nullptr;
+  int64_t acc_stride = 0;
+  // offsets in a lane: dg_hh (G), dw_c (H), db_c (H), dg_ih (G), dpeep (3H: i, f, o)
+  int64_t o_ghh = 0, o_wc = 0, o_bc = 0, o_gih = 0, o_peep = 0;
+
+  T* lane(int64_t b) const { return acc + b * acc_stride; }
 
   int64_t prow(int64_t t, int64_t b) const { return lay->off[t] + b; }
 
@@ -462,6 +476,8 @@ struct Bwd {
   void cell_grad(int64_t t, int64_t b, int64_t j0, int64_t j1, const T* g_out) const {
     constexpr int64_t L = vlen<T>();
     const T* a = gates + prow(t, b) * G;
+    const T* cn = p_i ? c_new(t, b) : nullptr;
+    T* dp = p_i ? lane(b) + o_peep : nullptr;
     T* da = dA + prow(t, b) * G;
     const T* cp = cs + prow(t, b) * H;
     const T* keep = zo_c ? zo_c + prow(t, b) * H : nullptr;
@@ -482,7 +498,12 @@ struct Bwd {
       const Vec<T> i = vload(a + s.i * H + j, n), g = vload(a + s.g * H + j, n);
       const Vec<T> f = coupled ? one - i : vload(a + s.f * H + j, n);
       const Vec<T> c_prev = vload(cp + j, n);
-      if (p_o) dcn = dcn + vload(da + s.o * H + j, n) * vload(p_o + j, n);
+      if (p_o) {
+        const Vec<T> da_o = vload(da + s.o * H + j, n);
+        dcn = dcn + da_o * vload(p_o + j, n);
+        T* d = dp + (coupled ? H : 2 * H) + j;
+        vstore(vload(d, n) + da_o * vload(cn + j, n), d, n);
+      }
       if (clip_on) {
         const Vec<T> raw = f * c_prev + i * g;
         const Vec<T> out = (raw < Vec<T>(-clip)) | (raw > Vec<T>(clip));
@@ -494,10 +515,16 @@ struct Bwd {
       dc_prev = dc_prev + dcn * f;
       if (coupled) di = di - df;
       const Vec<T> da_i = di * i * (one - i);
-      if (p_i) dc_prev = dc_prev + da_i * vload(p_i + j, n);
+      if (p_i) {
+        dc_prev = dc_prev + da_i * vload(p_i + j, n);
+        vstore(vload(dp + j, n) + da_i * c_prev, dp + j, n);
+      }
       if (!coupled) {
         const Vec<T> da_f = df * f * (one - f);
-        if (p_f) dc_prev = dc_prev + da_f * vload(p_f + j, n);
+        if (p_f) {
+          dc_prev = dc_prev + da_f * vload(p_f + j, n);
+          vstore(vload(dp + H + j, n) + da_f * c_prev, dp + H + j, n);
+        }
         vstore(da_f, da + s.f * H + j, n);
       }
       vstore(da_i, da + s.i * H + j, n);
@@ -666,14 +693,22 @@ struct Bwd {
     }
   }
 
-  // With layer norm, row b: LN_c backward, the cell's gradients, LN_hh backward.
+  // With layer norm, row b: LN_c backward, the cell's gradients, LN_hh and LN_ih backward,
+  // and this row's terms of the gains' and LN_c bias's gradients (into its lane).
   __attribute__((noinline)) void ln_row(int64_t t, int64_t b, T* scratch) const {
     constexpr int64_t L = vlen<T>();
     const int64_t pr = prow(t, b);
+    T* sums = lane(b);
     // dc' = rstd * (dy - mean(dy) - c_hat * mean(dy c_hat)), dy = dco * w
-    ln_backward(dco + pr * H, lnc_w, c_new(t, b), mean_c[pr], rstd_c[pr], H, scratch);
+    ln_backward(dco + pr * H, lnc_w, c_new(t, b), mean_c[pr], rstd_c[pr], H, scratch,
+                sums + o_wc, sums + o_bc);
     cell_grad(t, b, 0, H, scratch);
-    ln_backward(dA + pr * G, g_hh, u + pr * G, mean_hh[pr], rstd_hh[pr], G, dU + pr * G);
+    ln_backward(dA + pr * G, g_hh, u + pr * G, mean_hh[pr], rstd_hh[pr], G, dU + pr * G,
+                sums + o_ghh, nullptr);
+    if (g_ih) {
+      ln_backward(dA + pr * G, g_ih, xw + pr * G, mean_ih[pr], rstd_ih[pr], G, d_in + pr * G,
+                  sums + o_gih, nullptr);
+    }
     if constexpr (!std::is_same_v<TA, T>) {
       TA* d = dAm + pr * G;
       for (int64_t k = 0; k < G; k += L) {
@@ -683,15 +718,20 @@ struct Bwd {
     }
   }
 
+  // out = the LN backward of dy_ (the gradient of gain * v_hat + bias); adds dy_ * v_hat to
+  // the gain's sums and dy_ to the bias's (when given).
   static void ln_backward(const T* dy_, const T* gain, const T* v, T mean, T rstd, int64_t n,
-                          T* out) {
+                          T* out, T* gain_sum, T* bias_sum) {
     constexpr int64_t L = vlen<T>();
     const Vec<T> vm(mean), vr(rstd);
     Vec<T> s1(T(0)), s2(T(0));
     for (int64_t k = 0; k < n; k += L) {
       const int64_t c = std::min(L, n - k);
-      const Vec<T> dy = vload(dy_ + k, c) * vload(gain + k, c);
+      const Vec<T> d = vload(dy_ + k, c);
+      const Vec<T> dy = d * vload(gain + k, c);
       const Vec<T> vh = (vload(v + k, c) - vm) * vr;
+      vstore(vload(gain_sum + k, c) + d * vh, gain_sum + k, c);
+      if (bias_sum) vstore(vload(bias_sum + k, c) + d, bias_sum + k, c);
       s1 = s1 + dy;
       s2 = s2 + (c == L ? dy * vh : Vec<T>::set(Vec<T>(T(0)), dy * vh, c));
     }
@@ -879,7 +919,7 @@ std::vector<Tensor> forward_impl(const Args& a, const Layout& lay, const Options
     c_n.narrow(0, n0, B - n0).copy_(a.c0.narrow(0, n0, B - n0));
   }
   const int nt = team_size(n0 * std::max(P, a.I) * G);
-  f.row_split = nt == 1 || split_rows(n0, nt);
+  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
   run_team(nt, [&](const Team& team) { f.run(team); });
 
   std::vector<Tensor> out{y, h_n, c_n};
@@ -1042,17 +1082,39 @@ std::vector<Tensor> backward_impl(const Args& a, const Layout& lay, const Option
   b.dhraw = ptr<T>(dhraw);
   b.dm = ptr<T>(dm);
   b.dco = ptr<T>(dco);
+  const bool ln_ih_in_loop = b.ln && a.ln_ih.defined();
+  Tensor d_in = dA, d_ln_ih;
+  if (ln_ih_in_loop) {
+    d_in = empty_big({N, G}, opts);
+    b.d_in = ptr<T>(d_in);
+    b.g_ih = ptr<T>(a.ln_ih);
+    b.xw = ptr<T>(xw);
+    b.mean_ih = ptr<T>(mean_ih);
+    b.rstd_ih = ptr<T>(rstd_ih);
+  }
   const int64_t n0 = lay.T ? lay.n[0] : 0;
   const int nt = team_size(n0 * P * G);
-  b.row_split = nt == 1 || split_rows(n0, nt);
+  // the column sums' lanes
+  const int64_t n_peep = a.w_peep.defined() ? (o.coupled ? 2 : 3) * H : 0;
+  b.o_ghh = 0;
+  b.o_wc = b.ln ? G : 0;
+  b.o_bc = b.o_wc + (b.ln ? H : 0);
+  b.o_gih = b.o_bc + (b.ln ? H : 0);
+  b.o_peep = b.o_gih + (ln_ih_in_loop ? G : 0);
+  b.acc_stride = b.o_peep + n_peep;
+  Tensor acc = b.acc_stride ? at::zeros({n0, b.acc_stride}, opts) : Tensor();
+  b.acc = ptr<T>(acc);
+  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
   run_team(nt, [&](const Team& team) { b.run(team); });
+  const Tensor sums = acc.defined() ? col_dot(acc, Tensor()) : Tensor();
 
   // dh0: the carry, plus what step 0's recurrent product sends back through the dropout mask
   Tensor dh0 = initial_state_grad(dh, dhr, a.h_mask, n0);
   // the products over all rows
   const Tensor operand = std::is_same_v<TA, T> ? (b.ln ? dU : dA) : dAm;
-  Tensor d_in = dA, d_ln_ih;
-  if (a.ln_ih.defined()) {
+  if (ln_ih_in_loop) {
+    d_ln_ih = sums.narrow(0, b.o_gih, G);
+  } else if (a.ln_ih.defined()) {
     std::tie(d_in, d_ln_ih) = ln_ih_backward(dA, xw, G, mean_ih, rstd_ih, a.ln_ih);
   }
   const Tensor d_in_op = a.bf16 ? (a.ln_ih.defined() || !std::is_same_v<TA, BF16> ? d_in.to(at::kBFloat16) : dAm)
@@ -1067,20 +1129,13 @@ std::vector<Tensor> backward_impl(const Args& a, const Layout& lay, const Option
     db_ih = dA.sum(0);
     db_hh = db_ih;
   }
-  Tensor dpeep;
-  if (a.w_peep.defined()) {
-    const GateSlots s(o.coupled);
-    std::vector<Tensor> parts{col_dot(dA.narrow(1, s.i * H, H), cs)};
-    if (!o.coupled) parts.push_back(col_dot(dA.narrow(1, s.f * H, H), cs));
-    parts.push_back(col_dot(dA.narrow(1, s.o * H, H), cnew));
-    dpeep = at::cat(parts);
-  }
+  const Tensor dpeep = n_peep ? sums.narrow(0, b.o_peep, n_peep) : Tensor();
   Tensor dw_hr = b.proj ? product(dhraw, m_all, true) : Tensor();
   Tensor dg_hh, dw_c, db_c;
   if (b.ln) {
-    dg_hh = col_dot(dA, u, mean_hh, rstd_hh);
-    dw_c = col_dot(dco, cnew, mean_c, rstd_c);
-    db_c = dco.sum(0);
+    dg_hh = sums.narrow(0, b.o_ghh, G);
+    dw_c = sums.narrow(0, b.o_wc, H);
+    db_c = sums.narrow(0, b.o_bc, H);
   }
   return {dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, dpeep, dw_hr, d_ln_ih, dg_hh, dw_c, db_c};
 }
