@@ -67,6 +67,19 @@ def _keep_mask(size: tuple[int, int, int], rate: float, x: Tensor) -> Tensor:
     return mask
 
 
+def _drop_weight(w: Tensor, rate: float) -> Tensor:
+    """DropConnect of a recurrent weight matrix: each entry zeroed with probability ``rate``,
+    the rest scaled by ``1 / (1 - rate)`` (inverted dropout, as ``F.dropout``). The mask comes
+    from the extension's generator where it can (``F.dropout`` on a 1024 x 256 ``weight_hh``
+    took 2.7 ms a call on two threads, a tenth of a whole C2 training step of ``nn.LSTM``;
+    the mask and product take 0.3 ms forward and backward)."""
+    keep = 1.0 - rate
+    mask = fused.bernoulli_mask(tuple(w.shape), keep, w)
+    if mask is None:
+        return F.dropout(w, rate, True)
+    return w * mask.mul_(1.0 / keep)
+
+
 def draw_regularisation(
     cell: CellMath, p: Params, x: Tensor, rates: Rates, training: bool
 ) -> tuple[Params, Tensor | None, Regularisation]:
@@ -78,7 +91,7 @@ def draw_regularisation(
     if not training:
         return p, None, Regularisation(training=False, zoneout=zoneout)
     if rates.weight_drop:
-        p = {**p, "weight_hh": F.dropout(p["weight_hh"], rates.weight_drop, True)}
+        p = {**p, "weight_hh": _drop_weight(p["weight_hh"], rates.weight_drop)}
     in_mask = variational_mask(x, x.shape[-1], rates.input_dropout)
     h_mask = variational_mask(x, cell.output_size, rates.recurrent_dropout)
     masks = None
