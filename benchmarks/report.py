@@ -227,7 +227,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- timer: warm-up {cfg['warmup_s']} s, at least {cfg['min_repeats']} samples and "
         f"{cfg['min_time_s']} s, at most {cfg['max_repeats']} samples per measurement",
         "",
-        "Ratio = median / median of the baseline measured in this run (lower is better); "
+        (
+            "Ratio = median / median of the baseline, timed in alternation with each "
+            "measurement (paired; the baseline (ms) column shows that median) "
+            if cfg.get("paired")
+            else "Ratio = median / median of the baseline measured in this run "
+        )
+        + "(lower is better); "
         "eff. = GEMM-ceiling time / median (plain LSTM rows); peak MiB = peak of torch's CPU "
         "allocations during one call. See docs/benchmarks.md.",
         "",

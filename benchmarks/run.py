@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import gc
 import shlex
+import statistics
 import sys
 import time
 import warnings
@@ -109,6 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-time", type=float, default=None, help=f"minimum sampling seconds ({d.min_time_s})"
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    p.add_argument(
+        "--unpaired",
+        action="store_true",
+        help="compare with the baseline's own measurement instead of timing the baseline in "
+        "alternation with every measurement (half the run time, at the mercy of load changes)",
+    )
     p.add_argument("--list", action="store_true", help="print the plan and exit")
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -173,8 +180,16 @@ def _not_available(err: BaseException) -> bool:
     return isinstance(err, ValueError) and "does not support" in str(err)
 
 
-def run_one(spec: Spec, shape: Shape, threads: int, cfg: TimerConfig) -> dict[str, Any]:
-    """Build and time one measurement; never raises (failures become the result's status)."""
+def run_one(
+    spec: Spec,
+    shape: Shape,
+    threads: int,
+    cfg: TimerConfig,
+    base: tuple[Spec, Shape] | None = None,
+) -> dict[str, Any]:
+    """Build and time one measurement, in alternation with its baseline ``base`` where given
+    (paired timing, see timing.py); never raises (failures become the result's status; a
+    baseline that cannot be built leaves the measurement unpaired)."""
     result: dict[str, Any] = {
         "row": spec.row,
         "shape": spec.shape,
@@ -186,20 +201,30 @@ def run_one(spec: Spec, shape: Shape, threads: int, cfg: TimerConfig) -> dict[st
         "note": "",
     }
     prepared: Prepared | None = None
+    partner: Prepared | None = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             prepared = build(spec, shape, threads)
             result["label"] = prepared.label
             result["note"] = prepared.note
-            timing = measure(prepared.fn, cfg if prepared.memory else _no_memory(cfg))
+            if base is not None:
+                try:
+                    partner = build(*base, threads)
+                except Exception:  # reported by the baseline's own measurement
+                    partner = None
+            timing = measure(
+                prepared.fn,
+                cfg if prepared.memory else _no_memory(cfg),
+                None if partner is None else partner.fn,
+            )
         except Exception as err:
             result["status"] = "not available" if _not_available(err) else "error"
             message = str(err).splitlines()[0] if str(err) else ""
             result["note"] = f"{type(err).__name__}: {message}"[:300]
             return result
         finally:
-            del prepared
+            del prepared, partner
     if caught:
         result["warnings"] = _warning_note(caught)
     steps = None
@@ -220,6 +245,9 @@ def run_one(spec: Spec, shape: Shape, threads: int, cfg: TimerConfig) -> dict[st
         gflops=gflop / (timing.median_ms / 1e3),
         peak_mib=None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
     )
+    if timing.partner_ms:
+        result["paired_baseline_ms"] = statistics.median(timing.partner_ms)
+        result["paired_baseline_samples_ms"] = [round(s, 6) for s in timing.partner_ms]
     if timing.memory_note and "memory" not in result["note"]:
         sep = "; " if result["note"] else ""
         result["note"] += f"{sep}memory {timing.memory_note}"
@@ -244,8 +272,10 @@ def _progress(
         tail = f"{result['median_ms']:10.3f} ms ({result['min_ms']:.3f}–{result['max_ms']:.3f})"
         if base and base.get("status") == "ok":
             label = base["label"] + (" float32" if result["row"] == BF16_ROW else "")
-            ratio = report.ratio_text(result["median_ms"] / base["median_ms"])
-            tail += f"  x{ratio} vs {label}"
+            base_ms = result.get("paired_baseline_ms") or base["median_ms"]
+            ratio = report.ratio_text(result["median_ms"] / base_ms)
+            paired = " (paired)" if result.get("paired_baseline_ms") else ""
+            tail += f"  x{ratio} vs {label}{paired}"
     print(f"{head} {what:<42} {tail}", file=sys.stderr, flush=True)
 
 
@@ -269,7 +299,12 @@ def _derive(results: list[dict[str, Any]], by_spec: dict[Spec, dict[str, Any]]) 
                 "median_ms": base.get("median_ms"),
                 "status": base["status"],
             }
-            if r["status"] == "ok" and base["status"] == "ok":
+            if r["status"] == "ok" and r.get("paired_baseline_ms"):
+                # the baseline timed in alternation with this measurement
+                r["baseline"]["median_ms"] = r["paired_baseline_ms"]
+                r["baseline"]["paired"] = True
+                r["ratio"] = r["median_ms"] / r["paired_baseline_ms"]
+            elif r["status"] == "ok" and base["status"] == "ok":
                 r["ratio"] = r["median_ms"] / base["median_ms"]
         if r["row"] == "lstm" and r["status"] == "ok":
             ceiling = by_spec.get(Spec(CEILING_ROW, r["shape"], r["mode"], "torch.mm"))
@@ -311,11 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()  # what is alive now is never garbage: keep the per-measurement collections short
     for i, (spec, requested) in enumerate(measurements, 1):
-        result = run_one(spec, _shape_of(spec, args.quick), args.threads, cfg)
+        base_spec = baseline_of(spec)
+        base = None
+        if base_spec is not None and not args.unpaired:
+            base = (base_spec, _shape_of(base_spec, args.quick))
+        result = run_one(spec, _shape_of(spec, args.quick), args.threads, cfg, base)
         result["requested"] = requested
         results.append(result)
         by_spec[spec] = result
-        base_spec = baseline_of(spec)
         _progress(i, len(measurements), t0, result, by_spec.get(base_spec) if base_spec else None)
 
     _derive(results, by_spec)
@@ -343,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_repeats": cfg.max_repeats,
             "min_time_s": cfg.min_time_s,
             "memory": cfg.memory,
+            "paired": not args.unpaired,
         },
         "machine": info,
         "load_start": load_start,

@@ -6,6 +6,12 @@ samples are taken until there are at least ``min_repeats`` and ``min_time_s`` ha
 most ``max_repeats``). A call shorter than ``sample_s`` is repeated ``inner`` times per sample
 and the sample divided by ``inner``. Python's garbage collector is off while sampling.
 
+Paired timing: with a ``partner`` (the measurement's baseline), the partner is warmed up the
+same way and sampled in alternation with ``fn`` (the order swapped every round), so that both
+see the same load on the machine. On a shared 2-core machine the load moves between seconds:
+back-to-back measurements of one kernel read up to a third apart, which a ratio of two
+measurements taken minutes apart inherits; a ratio of medians taken side by side does not.
+
 Memory: the peak, during that first call, of the bytes allocated through torch's CPU allocator
 above what was allocated when the call began (the running sum of the profiler's ``[memory]``
 events). It sees every tensor that ATen, autograd, torch's RNN implementations and the fused
@@ -45,6 +51,7 @@ class Timing:
     peak_bytes: int | None
     memory_note: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    partner_ms: list[float] = field(default_factory=list)  # the partner's samples (paired)
 
     @property
     def median_ms(self) -> float:
@@ -123,21 +130,14 @@ def peak_memory(fn: Callable[[], object]) -> tuple[int | None, str]:
     return peak, ""
 
 
-def measure(fn: Callable[[], object], cfg: TimerConfig) -> Timing:
-    """Warm up, sample and time ``fn`` as described in the module docstring."""
-    gc.collect()
+def _warm_up(fn: Callable[[], object], first_s: float, cfg: TimerConfig) -> tuple[int, int]:
+    """After a first call that took ``first_s``: calibrate ``inner`` and warm up until
+    ``warmup_s`` has passed. Returns (inner, warm-up calls including the first)."""
     warmup = 1
-    start = time.perf_counter()
-    if cfg.memory:
-        peak, note = peak_memory(fn)
-    else:
-        fn()
-        peak, note = None, "not measured (--no-memory)"
-    first = time.perf_counter() - start
     inner = 1
-    if first < max(2 * cfg.warmup_s, cfg.sample_s):
+    start = time.perf_counter()
+    if first_s < max(2 * cfg.warmup_s, cfg.sample_s):
         # Cheap enough for a warm-up outside the profiler, which also calibrates ``inner``.
-        start = time.perf_counter()
         fn()
         one = time.perf_counter() - start
         warmup += 1
@@ -147,18 +147,50 @@ def measure(fn: Callable[[], object], cfg: TimerConfig) -> Timing:
         for _ in range(inner):
             fn()
         warmup += inner
+    return inner, warmup
+
+
+def _sample(fn: Callable[[], object], inner: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / inner
+
+
+def measure(
+    fn: Callable[[], object], cfg: TimerConfig, partner: Callable[[], object] | None = None
+) -> Timing:
+    """Warm up, sample and time ``fn`` (and ``partner``, in alternation) as described in the
+    module docstring."""
+    gc.collect()
+    start = time.perf_counter()
+    if cfg.memory:
+        peak, note = peak_memory(fn)
+    else:
+        fn()
+        peak, note = None, "not measured (--no-memory)"
+    inner, warmup = _warm_up(fn, time.perf_counter() - start, cfg)
+    p_inner = 1
+    if partner is not None:
+        start = time.perf_counter()
+        partner()
+        p_inner, _ = _warm_up(partner, time.perf_counter() - start, cfg)
 
     samples: list[float] = []
+    partner_ms: list[float] = []
     gc.disable()
     try:
         t_begin = time.perf_counter()
         while len(samples) < cfg.min_repeats or (
             len(samples) < cfg.max_repeats and time.perf_counter() - t_begin < cfg.min_time_s
         ):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e3 / inner)
+            if partner is not None and len(samples) % 2:
+                partner_ms.append(_sample(partner, p_inner))
+                samples.append(_sample(fn, inner))
+            else:
+                samples.append(_sample(fn, inner))
+                if partner is not None:
+                    partner_ms.append(_sample(partner, p_inner))
     finally:
         gc.enable()
-    return Timing(samples, inner, warmup, peak, note)
+    return Timing(samples, inner, warmup, peak, note, partner_ms=partner_ms)

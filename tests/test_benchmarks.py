@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 import types
@@ -110,6 +111,12 @@ def _check_json(doc: dict[str, Any]) -> None:
             assert r["peak_mib"] is None or r["peak_mib"] >= 0
         base = r["baseline"]
         if r["status"] == "ok" and base is not None and base["status"] == "ok":
+            # paired: the baseline was timed in alternation with this measurement, as often
+            assert base["paired"] is True
+            paired = r["paired_baseline_samples_ms"]
+            assert len(paired) == r["repeats"]
+            # (the samples are stored rounded to 1 ns)
+            assert base["median_ms"] == pytest.approx(statistics.median(paired), abs=1e-6)
             assert r["ratio"] == pytest.approx(r["median_ms"] / base["median_ms"])
         for ev in r["targets"]:
             assert isinstance(ev["met"], bool) and ev["needs"]
@@ -257,3 +264,20 @@ def test_buffer_cache_benchmark_runs_and_restores_the_cache(
         assert r["ratio"] == pytest.approx(r["on_ms"] / r["off_ms"])  # type: ignore[operator]
     assert fused.set_buffer_cache(True) is True  # left on
     assert "on/off" in capsys.readouterr().out
+
+
+def test_paired_timing_alternates_with_the_baseline() -> None:
+    """With a partner, each round samples both, the order swapped every round, so that a
+    change of load on the machine falls on both sides of the ratio alike."""
+    from benchmarks.timing import TimerConfig, measure
+
+    calls: list[str] = []
+    cfg = TimerConfig(
+        warmup_s=0.0, min_repeats=4, max_repeats=4, min_time_s=0.0, sample_s=0.0, memory=False
+    )
+    timing = measure(lambda: calls.append("a"), cfg, lambda: calls.append("b"))
+    # one warm-up call each, then rounds a b, b a, a b, b a
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert len(timing.samples_ms) == len(timing.partner_ms) == 4
+    alone = measure(lambda: calls.append("c"), cfg)
+    assert alone.partner_ms == [] and len(alone.samples_ms) == 4
