@@ -46,6 +46,26 @@ MODEL_KEYS = {
 }
 N_SYMBOLS, LENGTH = 8, 10  # the copy task of Arjovsky et al. 2016 and Bai et al. 2018
 SOLVED_MSE = 0.01
+#: the (task, T) jobs of a full run, in order; a job's position here fixes its seeds
+FULL_JOBS = (
+    ("adding", 100),
+    ("adding", 200),
+    ("adding", 400),
+    ("adding", 1000),
+    ("copy", 100),
+    ("copy", 200),
+)
+QUICK_JOBS = (("adding", 20),)
+
+
+def job_id(task: str, T: int, quick: bool) -> int:
+    """The number that seeds the models and training batches of the job (task, T): its position
+    in the mode's default run, so that a run of some lengths (``--adding-T 1000 --copy-T``)
+    trains the very models the full run trains; other lengths get a number of their own."""
+    default = QUICK_JOBS if quick else FULL_JOBS
+    if (task, T) in default:
+        return default.index((task, T))
+    return 10 + T + (10**7 if task == "copy" else 0)
 
 
 def layers(hidden: int, features: int, horizon: int) -> dict[str, Callable[[], nn.Module]]:
@@ -130,10 +150,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     q = args.quick
     settings: dict[str, Any] = {
-        "adding_T": args.adding_T or ([20] if q else [100, 200, 400, 1000]),
+        "adding_T": args.adding_T
+        or [T for task, T in (QUICK_JOBS if q else FULL_JOBS) if task == "adding"],
         # copy memory needs thousands of updates before any model leaves the memoryless
         # plateau: the quick mode runs the adding problem only
-        "copy_T": args.copy_T if args.copy_T is not None else ([] if q else [100, 200]),
+        "copy_T": args.copy_T
+        if args.copy_T is not None
+        else [T for task, T in (QUICK_JOBS if q else FULL_JOBS) if task == "copy"],
         "hidden": 24 if q else 128,
         "batch": 32 if q else 64,
         "steps": args.steps or (200 if q else 4000),
@@ -146,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"adding": {}, "copy": {}}
     curves: dict[tuple[str, int], dict[str, list[tuple[int, float]]]] = {}
     jobs = [("adding", T) for T in settings["adding_T"]] + [("copy", T) for T in settings["copy_T"]]
-    for job, (task, T) in enumerate(jobs):
+    for task, T in jobs:
+        job = job_id(task, T, q)
         if task == "adding":
             features, outputs, horizon = 2, 1, T
             test = adding_problem(settings["n_test"], T, generator=exp.generator(10_000 + T))

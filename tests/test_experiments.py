@@ -120,6 +120,21 @@ def test_long_memory_models_selects_a_subset_with_the_full_runs_seeds(tmp_path: 
         assert some[name]["test_mse"] == full[name]["test_mse"]
 
 
+def test_long_memory_a_length_keeps_its_seeds_in_any_selection(tmp_path: Path) -> None:
+    """A job's seeds follow its (task, T), not its position in this run's list: running one
+    length alone trains the same models as running it among others."""
+    extra = ("--copy-T", "--steps", "3", "--models", "gru", "lstm-bias1")
+    both = run_quick("claims_long_memory", tmp_path / "both", "--adding-T", "5", "7", *extra)
+    alone = run_quick("claims_long_memory", tmp_path / "alone", "--adding-T", "7", *extra)
+    assert set(alone["adding"]) == {"7"}
+    for name in ("GRU", "LSTM, forget bias 1"):
+        assert alone["adding"]["7"][name]["test_mse"] == both["adding"]["7"][name]["test_mse"]
+    mod = load("claims_long_memory")
+    assert mod.job_id("adding", 1000, quick=False) == 3  # its place in the full run
+    assert mod.job_id("adding", 20, quick=True) == 0
+    assert mod.job_id("adding", 7, False) != mod.job_id("copy", 7, False)
+
+
 # ------------------------------------------------------------------------------ GRU vs LSTM
 def test_gru_has_a_quarter_fewer_parameters(tmp_path: Path) -> None:
     r = run_quick("claims_gru_vs_lstm", tmp_path)
