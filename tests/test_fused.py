@@ -792,3 +792,46 @@ def test_buffer_cache_can_be_turned_off_for_memory_profiling() -> None:
     assert fused.buffer_cache()["idle_bytes"] > 0
     with pytest.raises(TypeError, match="enabled must be a bool"):
         fused.set_buffer_cache(1)  # type: ignore[arg-type]
+
+
+def test_scan_split_is_a_choice_of_speed_only():
+    """Forcing the row or the unit split, for the forward and backward scans apart, gives the
+    same bits as the size rule (two threads, a batch where either split is possible)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for cls, options in [
+            (lstmkit.LSTM, {"layer_norm": True, "peephole": True}),
+            (lstmkit.GRU, {}),
+            (lstmkit.RNN, {}),
+        ]:
+            m = cls(6, 40, backend="fused", **options)
+            x = torch.randn(5, 20, 6, requires_grad=True)
+            results = []
+            for split in [
+                ("auto", "auto"),
+                ("rows", "units"),
+                ("units", "rows"),
+                ("units", "units"),
+            ]:
+                previous = fused.set_scan_split(*split)
+                try:
+                    x.grad = None
+                    m.zero_grad()
+                    out, _ = m(x)
+                    out.square().sum().backward()
+                finally:
+                    fused.set_scan_split(previous)
+                results.append(
+                    [out.detach(), x.grad.clone(), *(p.grad.clone() for p in m.parameters())]
+                )
+            for other in results[1:]:
+                for a, b in zip(results[0], other, strict=True):
+                    assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="mode must be one of 'auto', 'rows', 'units', got 'cols'"):
+        fused.set_scan_split("cols")
+    with pytest.raises(ValueError, match="backward must be one of"):
+        fused.set_scan_split("rows", "diagonal")
+    assert fused.set_scan_split("auto") == "auto"

@@ -106,6 +106,29 @@ def set_buffer_cache(enabled: bool) -> bool:
     return False if _C is None else bool(_C.set_buffer_cache(enabled))
 
 
+_SPLITS = ("auto", "rows", "units")
+
+
+def set_scan_split(mode: str, backward: str | None = None) -> str:
+    """How the scans split their work over threads from now on: ``'auto'`` (the rule: by
+    sequences where each thread has 8 rows or more, unless the recurrent weights overflow a
+    core's L2 while a thread's share fits), ``'rows'`` (each thread runs its own sequences) or
+    ``'units'`` (each step's units are split, the threads meet every step). For diagnostics and
+    benchmarks; the results are bitwise the same either way. ``backward`` sets the backward
+    scans apart (default: as ``mode``). Returns the previous forward mode (``'auto'`` without
+    the extension, where it does nothing)."""
+    backward = mode if backward is None else backward
+    for name, value in (("mode", mode), ("backward", backward)):
+        if value not in _SPLITS:
+            raise ValueError(
+                f"{name} must be one of {', '.join(map(repr, _SPLITS))}, got {value!r}"
+            )
+    if _C is None:
+        return "auto"
+    previous = int(_C.set_scan_split(_SPLITS.index(mode) | _SPLITS.index(backward) << 2))
+    return _SPLITS[previous & 3]
+
+
 def empty_cache() -> int:
     """Free the idle buffers of the kernels' cache (as ``torch.cuda.empty_cache`` does for
     CUDA's); returns the bytes freed. Buffers in use are untouched."""

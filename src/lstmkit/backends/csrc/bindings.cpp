@@ -24,6 +24,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Free the idle buffers of the kernels' cache; returns the bytes freed");
   m.def("set_buffer_cache", &lstmkit::set_buffer_cache,
         "Turn the cache of large buffers on or off for new requests; returns the previous setting");
+  m.def("set_scan_split", &lstmkit::set_scan_split,
+        "How scans split over threads: 0 by the size rule, 1 by rows, 2 by units; returns the "
+        "previous setting");
   m.def("bernoulli_fill", &lstmkit::bernoulli_fill,
         "Fill a CPU tensor with Bernoulli(p) draws (1/0) from a counter-based generator", no_gil);
   py::class_<lstmkit::StepKernel>(m, "StepKernel", "One streaming time step (step.cpp)")

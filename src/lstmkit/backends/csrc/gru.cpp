@@ -685,7 +685,7 @@ std::vector<Tensor> gru_forward_impl(const GruArgs& a, const Layout& lay, double
   auto sb = step_buffers(f, a, save ? lay.N : a.B);
   const int64_t n0 = lay.T ? lay.n[0] : 0;
   const int nt = team_size(n0 * std::max(a.H, a.I) * a.G);
-  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
+  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)), false);
   run_team(nt, [&](const Team& team) { f.run(team); });
   std::vector<Tensor> out{y, h_n};
   if (mode == kSave) {
@@ -777,7 +777,7 @@ std::vector<Tensor> gru_backward_impl(const GruArgs& a, const Layout& lay, doubl
   b.hg.dhr = ptr<T>(dhr);
   const int64_t n0 = lay.T ? lay.n[0] : 0;
   const int nt = team_size(n0 * H * G);
-  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
+  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)), true);
   run_team(nt, [&](const Team& team) { b.run(team); });
 
   Tensor dh0 = initial_state_grad(dh, dhr, a.h_mask, n0);

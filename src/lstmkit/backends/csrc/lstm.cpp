@@ -919,7 +919,7 @@ std::vector<Tensor> forward_impl(const Args& a, const Layout& lay, const Options
     c_n.narrow(0, n0, B - n0).copy_(a.c0.narrow(0, n0, B - n0));
   }
   const int nt = team_size(n0 * std::max(P, a.I) * G);
-  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
+  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)), false);
   run_team(nt, [&](const Team& team) { f.run(team); });
 
   std::vector<Tensor> out{y, h_n, c_n};
@@ -1104,7 +1104,7 @@ std::vector<Tensor> backward_impl(const Args& a, const Layout& lay, const Option
   b.acc_stride = b.o_peep + n_peep;
   Tensor acc = b.acc_stride ? at::zeros({n0, b.acc_stride}, opts) : Tensor();
   b.acc = ptr<T>(acc);
-  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
+  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)), true);
   run_team(nt, [&](const Team& team) { b.run(team); });
   const Tensor sums = acc.defined() ? col_dot(acc, Tensor()) : Tensor();
 

@@ -365,7 +365,7 @@ std::vector<Tensor> rnn_forward_impl(const RnnArgs& a, const Layout& lay, double
   }
   const int64_t n0 = lay.T ? lay.n[0] : 0;
   const int nt = team_size(n0 * std::max(a.H, a.I) * a.H);
-  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
+  f.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)), false);
   run_team(nt, [&](const Team& team) { f.run(team); });
   std::vector<Tensor> out{y, h_n};
   if (mode == kSave) {
@@ -419,7 +419,7 @@ std::vector<Tensor> rnn_backward_impl(const RnnArgs& a, const Layout& lay, doubl
   b.hg.dhr = ptr<T>(dhr);
   const int64_t n0 = lay.T ? lay.n[0] : 0;
   const int nt = team_size(n0 * H * H);
-  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)));
+  b.row_split = nt == 1 || split_rows(n0, nt, a.w_hh.numel() * int64_t(sizeof(TA)), true);
   run_team(nt, [&](const Team& team) { b.run(team); });
 
   Tensor dh0 = initial_state_grad(dh, dhr, a.h_mask, n0);
