@@ -234,12 +234,17 @@ def test_tcn_receptive_field_is_exact() -> None:
 
 # ------------------------------------------------------------------------------ regularisation
 def test_regularisers_narrow_the_generalisation_gap(tmp_path: Path) -> None:
-    r = run_quick("claims_regularisation", tmp_path)
+    r = run_quick("claims_regularisation", tmp_path / "all")
     none = r["none"]["gap_bpc"]
     for name in ("dropout", "variational dropout", "weight drop", "zoneout"):
         assert r[name]["gap_bpc"] < none, name
         # in eval mode the regularised model fits its training text less tightly
         assert r[name]["train_bpc"] > r["none"]["train_bpc"], name
+    # --models trains a subset exactly as the full run does (same seed, same windows)
+    some = run_quick("claims_regularisation", tmp_path / "some", "--models", "zoneout", "none")
+    assert set(some) == {"corpus", "characters", "none", "zoneout"}
+    for name in ("none", "zoneout"):
+        assert some[name]["val_bpc"] == r[name]["val_bpc"], name
 
 
 def test_common_rejects_bad_arguments(tmp_path: Path) -> None:
