@@ -31,7 +31,7 @@ test: $(STAMP) lint typecheck
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
 
-# The benchmark suite (docs/benchmarks.md): about 6 minutes on 2 cores; results in benchmarks/results/.
+# The benchmark suite (docs/benchmarks.md): about 12 minutes on 2 cores; results in benchmarks/results/.
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
