@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,21 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch intra-op threads (1: reproducible)"
     )
     return parser
+
+
+def add_models_option(parser: argparse.ArgumentParser, keys: Iterable[str], how: str) -> None:
+    """``--models NAME ...``: the subset of an experiment's models to train (default all), so
+    that a long full run can be made a piece at a time; ``how`` says how a model trained alone
+    relates to the full run (the experiment must keep that promise: same seeds, same data)."""
+    names = list(keys)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=names,
+        default=names,
+        metavar="NAME",
+        help=f"the models to train (default all: {' '.join(names)}); {how}",
+    )
 
 
 class Experiment:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import Experiment, make_parser, new_figure, train
+from _common import Experiment, add_models_option, make_parser, new_figure, train
 from torch import Tensor, nn
 
 from lstmkit import GRU, LSTM, RNN
@@ -138,15 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--adding-T", type=int, nargs="+", default=None, metavar="T")
     parser.add_argument("--copy-T", type=int, nargs="*", default=None, metavar="T")
     parser.add_argument("--steps", type=int, default=None, help="Adam updates per model")
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        choices=list(MODEL_KEYS),
-        default=list(MODEL_KEYS),
-        metavar="NAME",
-        help=f"the models to train (default all: {' '.join(MODEL_KEYS)}); each keeps the seed "
-        "it has in the full run",
-    )
+    add_models_option(parser, MODEL_KEYS, "each keeps the seed it has in the full run")
     args = parser.parse_args(argv)
     q = args.quick
     settings: dict[str, Any] = {

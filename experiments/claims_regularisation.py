@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from _common import (
     CharLM,
     Experiment,
+    add_models_option,
     encode_chars,
     lm_loss,
     make_parser,
@@ -82,15 +83,7 @@ def lm_step_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(NAME, __doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=None, help="every regulariser's rate")
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        choices=list(MODEL_KEYS),
-        default=list(MODEL_KEYS),
-        metavar="NAME",
-        help=f"the models to train (default all: {' '.join(MODEL_KEYS)}); each is trained "
-        "exactly as in the full run",
-    )
+    add_models_option(parser, MODEL_KEYS, "each is trained exactly as in the full run")
     args = parser.parse_args(argv)
     q = args.quick
     settings: dict[str, Any] = {
