@@ -135,9 +135,10 @@ def _warm_up(fn: Callable[[], object], first_s: float, cfg: TimerConfig) -> tupl
     ``warmup_s`` has passed. Returns (inner, warm-up calls including the first)."""
     warmup = 1
     inner = 1
-    start = time.perf_counter()
+    start = time.perf_counter() - first_s  # the first call counts towards the warm-up
     if first_s < max(2 * cfg.warmup_s, cfg.sample_s):
         # Cheap enough for a warm-up outside the profiler, which also calibrates ``inner``.
+        start = time.perf_counter()
         fn()
         one = time.perf_counter() - start
         warmup += 1

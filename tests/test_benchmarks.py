@@ -281,3 +281,22 @@ def test_paired_timing_alternates_with_the_baseline() -> None:
     assert len(timing.samples_ms) == len(timing.partner_ms) == 4
     alone = measure(lambda: calls.append("c"), cfg)
     assert alone.partner_ms == [] and len(alone.samples_ms) == 4
+
+
+def test_a_slow_first_call_is_the_whole_warm_up() -> None:
+    """A first call longer than twice the warm-up time is warm-up enough, for the measurement
+    and for its partner alike: no further call before sampling (C5 calls take over a second)."""
+    import time
+
+    from benchmarks.timing import TimerConfig, measure
+
+    calls: list[str] = []
+
+    def slow(tag: str) -> None:
+        calls.append(tag)
+        time.sleep(0.03)
+
+    cfg = TimerConfig(warmup_s=0.01, min_repeats=2, max_repeats=2, min_time_s=0.0, memory=False)
+    timing = measure(lambda: slow("a"), cfg, lambda: slow("b"))
+    assert timing.warmup == 1
+    assert calls == ["a", "b", "a", "b", "b", "a"]
