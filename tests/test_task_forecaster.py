@@ -382,6 +382,67 @@ def test_cli_m4_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 # ---------------------------------------------------------------------- experiments
+def _sunspots_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "forecast_sunspots", ROOT / "experiments" / "forecast_sunspots.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sunspots_one_step_prefixes_and_arima_alignment() -> None:
+    sun = _sunspots_module()
+    data = sun.load()
+    y = data.series[0].y
+    cuts = sun.prefixes(data, 250, 3)
+    # the k-th prefix ends the year before index 250 + k: forecasting one step from it
+    # forecasts y[250 + k]
+    assert [len(s) for s in cuts.series] == [250, 251, 252]
+    assert [s.unique_id.split("@")[1] for s in cuts.series] == [
+        str(int(data.series[0].ds[t])) for t in (250, 251, 252)
+    ]
+    np.testing.assert_array_equal(cuts.series[2].y, y[:252])
+    # ARIMA one-step: parameters fitted on y[:start] only, then filtered through the window;
+    # an AR(1) with a mean predicts c + phi * (previous actual value)
+    rng = np.random.default_rng(0)
+    z = np.zeros(300)
+    for t in range(1, 300):
+        z[t] = 0.7 * z[t - 1] + rng.normal()
+    z += 5.0
+    pred, order = sun.arima_one_step(z, 270, 30, quick=True)
+    assert len(pred) == 30 and tuple(order) == (1, 0, 0)  # AIC finds the true order here
+    from statsmodels.tsa.arima.model import ARIMA as SMARIMA
+
+    fitted = SMARIMA(z[:270], order=(1, 0, 0), trend="c").fit()
+    mean, phi = fitted.params[0], fitted.params[1]
+    np.testing.assert_allclose(pred, mean + phi * (z[269:299] - mean), rtol=1e-6)
+    # a forecast must not use the value it forecasts: changing y[285]
+    # changes the predictions of 286.. only
+    z2 = z.copy()
+    z2[285] += 50.0
+    pred2, _ = sun.arima_one_step(z2, 270, 30, quick=True)
+    np.testing.assert_allclose(pred2[:16], pred[:16])
+    assert not np.allclose(pred2[16:], pred[16:])
+
+
+def test_sunspots_one_step_experiment_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "forecast_sunspots.py"), "--quick",
+         "--one-step"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    out = json.loads(result.stdout)
+    assert out["protocol"] == "one-step" and out["quick"] is True and out["target_met"] is None
+    for key in ("lstm_rmse", "arima_rmse", "naive_rmse", "seasonal_naive_rmse"):
+        assert np.isfinite(out[key]) and out[key] > 0
+    assert out["validation_windows"] == ["1949-1978"] and out["test_window"] == "1979-2008"
+    assert out["chosen_val_rmse_mean"] == min(row["val_rmse_mean"] for row in out["grid"])
+
+
 def test_sunspots_experiment_quick() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "forecast_sunspots.py"), "--quick"],
