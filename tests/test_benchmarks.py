@@ -231,13 +231,17 @@ def test_streaming_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     fn()
     assert "step(module, x, state)" in how and calls == [None, (1,)]  # the state is carried
 
+    built: list[Any] = []
+
     class Stream:
         __module__ = "lstmkit.streaming"
 
         def __init__(self, module: Any) -> None:
-            self.n = 0
+            self.module, self.n = module, 0
+            built.append(self)
 
         def step(self, inp: torch.Tensor) -> torch.Tensor:
+            assert inp is x
             self.n += 1
             return inp
 
@@ -246,6 +250,11 @@ def test_streaming_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lstmkit.streaming", fake2)
     fn, how = make_streaming_step(layer, x)
     assert how == "lstmkit.streaming.Stream(module).step(x)"
+    # one object built on the layer, tried with one step; each call of fn steps that object
+    assert len(built) == 1 and built[0].module is layer and built[0].n == 1
+    fn()
+    fn()
+    assert built[0].n == 3
 
 
 def test_buffer_cache_benchmark_runs_and_restores_the_cache(

@@ -232,14 +232,16 @@ class DropTagger(nn.Module):
         return self.head(self.drop(out)), state
 
 
-def _tbptt_run(out: Path, crash_at: int | None, resume: bool = False) -> nn.Module:
+def _tbptt_run(out: Path, crash_at: int | None, resume: bool = False) -> tuple[nn.Module, int]:
+    """The trained model and the number of training calls of the loss made in this run."""
     g = torch.Generator().manual_seed(0)
     stream = torch.randn(60, 4, 1, generator=g)
     target = torch.roll(stream, 2, dims=0)
     windows = [tuple(w) for w in split_windows([stream, target], 10)]
     torch.manual_seed(0)
     model = DropTagger()
-    objective = TBPTT(CrashAfter(F.mse_loss, crash_at), k1=4, k2=7)
+    criterion = CrashAfter(F.mse_loss, crash_at)
+    objective = TBPTT(criterion, k1=4, k2=7)
     fit(
         model,
         windows,
@@ -256,10 +258,11 @@ def _tbptt_run(out: Path, crash_at: int | None, resume: bool = False) -> nn.Modu
         resume=resume,
         **QUIET,
     )
-    return model
+    return model, criterion.calls
 
 
-def _loader_run(out: Path, crash_at: int | None, resume: bool = False) -> nn.Module:
+def _loader_run(out: Path, crash_at: int | None, resume: bool = False) -> tuple[nn.Module, int]:
+    """The trained model and the number of training calls of the loss made in this run."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(48, 3, generator=g)
     data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8, shuffle=True)
@@ -270,10 +273,11 @@ def _loader_run(out: Path, crash_at: int | None, resume: bool = False) -> nn.Mod
     def mse(m: nn.Module, b: Any) -> torch.Tensor:
         return F.mse_loss(m(b[0]), b[1])
 
+    loss = CrashAfter(mse, crash_at)
     fit(
         model,
         data,
-        loss=CrashAfter(mse, crash_at),
+        loss=loss,
         val_data=val,
         optimizer="sgd",
         momentum=0.9,
@@ -289,7 +293,7 @@ def _loader_run(out: Path, crash_at: int | None, resume: bool = False) -> nn.Mod
         resume=resume,
         **QUIET,
     )
-    return model
+    return model, loss.calls
 
 
 def _log_without_time(path: Path) -> list[dict[str, str]]:
@@ -299,12 +303,16 @@ def _log_without_time(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize(("run", "crash_at"), [(_tbptt_run, 26), (_loader_run, 22)])
 def test_an_interrupted_fit_resumes_exactly(
-    tmp_path: Path, run: Callable[..., nn.Module], crash_at: int
+    tmp_path: Path, run: Callable[..., tuple[nn.Module, int]], crash_at: int
 ) -> None:
-    reference = run(tmp_path / "reference", None)
+    reference, reference_calls = run(tmp_path / "reference", None)
     with pytest.raises(Crash):
         run(tmp_path / "resumed", crash_at)
-    resumed = run(tmp_path / "resumed", None, resume=True)
+    resumed, resumed_calls = run(tmp_path / "resumed", None, resume=True)
+    # it continued from a checkpoint at most checkpoint_every=4 updates before the crash (one
+    # loss call per update), not from the start: the same result either way, so count the calls
+    done = crash_at - 1
+    assert reference_calls - done <= resumed_calls <= reference_calls - done + 4
     for (name, a), b in zip(
         reference.state_dict().items(), resumed.state_dict().values(), strict=True
     ):
@@ -317,13 +325,17 @@ def test_an_interrupted_fit_resumes_exactly(
 def test_resume_falls_back_past_a_corrupt_checkpoint_and_still_ends_identically(
     tmp_path: Path,
 ) -> None:
-    reference = _loader_run(tmp_path / "reference", None)
+    reference, reference_calls = _loader_run(tmp_path / "reference", None)
     with pytest.raises(Crash):
         _loader_run(tmp_path / "resumed", 30)
     newest = list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1]
     _truncate(newest / "state.safetensors")
     with pytest.warns(RuntimeWarning, match=r"skipping a damaged checkpoint: .*state\.safetensors"):
-        resumed = _loader_run(tmp_path / "resumed", None, resume=True)
+        resumed, resumed_calls = _loader_run(tmp_path / "resumed", None, resume=True)
+    # 29 updates were done; the newest checkpoint (at most 4 updates before) is damaged, so the
+    # run continued from the one 4 updates before that: neither from it nor from the start
+    done = 29
+    assert reference_calls - done + 4 < resumed_calls <= reference_calls - done + 8
     for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -353,15 +365,22 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(tmp_path: Path)
             meta={"h": 4},
             **QUIET,
         )
-    # bounds of the run may change: train one more epoch
+    # bounds of the run may change: train one more epoch (one more update, not two from the start)
+    updates: list[int] = []
+
+    def counted(m: nn.Module, b: Any) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            updates.append(1)
+        return mse(m, b)
+
     result = fit(
         nn.Linear(3, 1),
         data,
-        loss=mse,
+        loss=counted,
         out=tmp_path,
         resume=True,
         max_epochs=2,
         meta={"h": 3},
         **QUIET,
     )
-    assert result.epochs == 2 and result.steps == 2
+    assert result.epochs == 2 and result.steps == 2 and len(updates) == 1

@@ -117,13 +117,20 @@ def test_locked_dropout_shares_one_mask_over_time() -> None:
 
 def test_embedding_dropout_drops_whole_word_types() -> None:
     embedding = torch.nn.Embedding(50, 4)
-    tokens = torch.tensor([[3, 3, 3, 7], [7, 3, 9, 9]])
+    # every word type of the vocabulary three times, scattered over a (T, B) batch
+    tokens = torch.arange(50).repeat(3)[torch.randperm(150)].view(15, 10)
     out = embedding_dropout(embedding, tokens, 0.5, training=True)
-    for token in (3, 7, 9):
+    dropped = []
+    for token in range(50):
         rows = out[tokens == token]
         assert torch.equal(rows, rows[:1].expand_as(rows))  # dropped or kept together
         scale = rows[0] / embedding.weight[token]
-        assert torch.allclose(scale, torch.zeros(4)) or torch.allclose(scale, torch.full((4,), 2.0))
+        if torch.allclose(scale, torch.zeros(4)):
+            dropped.append(token)
+        else:
+            assert torch.allclose(scale, torch.full((4,), 2.0)), token
+    # both happen: at p = 0.5, 50 types are all kept or all dropped with probability 2**-49
+    assert 0 < len(dropped) < 50
     assert torch.equal(embedding_dropout(embedding, tokens, 0.5, training=False), embedding(tokens))
 
 
@@ -330,16 +337,36 @@ def test_restore_best_ends_with_the_best_epochs_model(tmp_path: Path) -> None:
     assert loaded.evaluate(text[500:700])["loss"] == pytest.approx(min(losses), rel=1e-5)
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_gives_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lstmkit.tasks.language_model as lm_module
+
+    updates: list[int] = []
+    criterion = lm_module._criterion
+
+    def counted(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if torch.is_grad_enabled():
+            updates.append(1)
+        return criterion(output, target)
+
+    monkeypatch.setattr(lm_module, "_criterion", counted)
     text = CYCLE[:240]
     options: dict[str, Any] = {
         "emb_size": 4, "hidden_size": 8, "num_layers": 1, "batch_size": 2, "bptt": 8,
         "random_bptt": True, "dropout": 0.1, "lr": 0.01, **QUICK,
     }  # fmt: skip
     straight = LanguageModelEstimator(max_epochs=2, **options).fit(text, out=tmp_path / "a")
+    both_epochs = len(updates)
+    updates.clear()
     LanguageModelEstimator(max_epochs=1, **options).fit(text, out=tmp_path / "b")
+    first_epoch = len(updates)
+    updates.clear()
     resumed = LanguageModelEstimator(max_epochs=2, **options)
     resumed.fit(text, out=tmp_path / "b", resume=True)
+    # training both epochs again from the start would give the same weights: count the
+    # updates to see that the resumed run made only the second epoch's
+    assert 0 < first_epoch < both_epochs and len(updates) == both_epochs - first_epoch
     for name, value in straight._lm().state_dict().items():
         assert torch.equal(value, resumed._lm().state_dict()[name]), name
 

@@ -745,8 +745,16 @@ def test_max_time_stops_with_a_checkpoint_and_resume_continues(tmp_path: Path) -
     torch.manual_seed(0)
     result = fit(nn.Linear(3, 1), _regression(), loss=_mse, max_time=1e-9, out=tmp_path, **QUIET)
     assert result.stopped == "max_time" and result.steps == 1 and result.epochs == 0
+    updates: list[int] = []
+
+    def counted(model: nn.Module, batch: Any) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            updates.append(1)
+        return _mse(model, batch)
+
     resumed = fit(
-        nn.Linear(3, 1), _regression(), loss=_mse, max_time=60.0, max_epochs=2, out=tmp_path,
+        nn.Linear(3, 1), _regression(), loss=counted, max_time=60.0, max_epochs=2, out=tmp_path,
         resume=True, **QUIET,
     )  # fmt: skip
     assert resumed.stopped == "max_epochs" and resumed.steps == 10
+    assert len(updates) == 9  # it continued after the checkpointed update, not from the start
