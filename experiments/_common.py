@@ -213,10 +213,19 @@ def data_root() -> Path | None:
     return root if root.is_dir() else None
 
 
-def read_corpus(prefer_real: bool) -> tuple[str, str]:
-    """``(text, source)``: Tiny Shakespeare when ``prefer_real`` and the data folder has it,
-    else the project's own documentation (``README.md`` and ``docs/*.md``), which every clone
-    has, so that the quick modes never need the shared data."""
+#: the quick modes' corpus: the first 12,000 characters of this repository's README and docs
+#: as they were on 2026-11-22, frozen so that editing the docs never changes what a quick-mode
+#: test measures
+QUICK_CORPUS = Path(__file__).resolve().parent / "quick_corpus.txt"
+
+
+def read_corpus(prefer_real: bool, quick: bool = False) -> tuple[str, str]:
+    """``(text, source)``: with ``quick``, the frozen :data:`QUICK_CORPUS`; else Tiny
+    Shakespeare when ``prefer_real`` and the data folder has it, else the project's own
+    documentation (``README.md`` and ``docs/*.md``), which every clone has, so that no run
+    needs the shared data."""
+    if quick:
+        return QUICK_CORPUS.read_text(encoding="utf-8"), f"{QUICK_CORPUS.name} (frozen docs text)"
     root = data_root()
     if prefer_real and root is not None:
         path = root / "tinyshakespeare" / "input.txt"

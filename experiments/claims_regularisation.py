@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": [MODEL_KEYS[key] for key in MODEL_KEYS if key in args.models],
     }
     exp = Experiment(NAME, args, settings)
-    text, source = read_corpus(prefer_real=not q)
+    text, source = read_corpus(prefer_real=not q, quick=q)
     if settings["corpus_chars"]:
         text = text[: settings["corpus_chars"]]
     ids, vocab = encode_chars(text)

@@ -17,7 +17,8 @@ Two claims about how sequences are cut and batched, not about the cell:
   them).
 
 Corpus: Tiny Shakespeare and the PTB training sentences when the shared data folder has them
-(full mode), else this repository's documentation and lengths drawn from a log-normal.
+(full mode), else this repository's documentation (quick mode: its frozen copy,
+``quick_corpus.txt``) and lengths drawn from a log-normal.
 
     python experiments/claims_tbptt_bucketing.py [--quick] [--out DIR]
 """
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     exp = Experiment(NAME, args, settings)
     from _common import read_corpus
 
-    text, source = read_corpus(prefer_real=not q)
+    text, source = read_corpus(prefer_real=not q, quick=q)
     if settings["corpus_chars"]:
         text = text[: settings["corpus_chars"]]
     ids, vocab = encode_chars(text)

@@ -129,12 +129,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = next(lookahead_batches(1000, s["T"], exp.generator(100)))
     entry: dict[str, Any] = {"chance": 1 / N_SYMBOLS, "delay": DELAY}
     curves["bidirectional"] = {}
-    for name, rnn, width in [
-        ("unidirectional", LSTM(N_SYMBOLS, s["hidden"]), s["hidden"]),
-        ("bidirectional", LSTM(N_SYMBOLS, s["hidden"] // 2, bidirectional=True), s["hidden"]),
-    ]:
-        torch.manual_seed(exp.seed)
-        model = Readout(rnn, width, N_SYMBOLS, last=False)
+    for name, directions in (("unidirectional", 1), ("bidirectional", 2)):
+        torch.manual_seed(exp.seed)  # before the layer is built: its weights follow --seed
+        # half the hidden size per direction: the same output width, no more parameters
+        rnn = LSTM(N_SYMBOLS, s["hidden"] // directions, bidirectional=directions == 2)
+        model = Readout(rnn, s["hidden"], N_SYMBOLS, last=False)
         curve, seconds = train(
             model,
             lookahead_loss,

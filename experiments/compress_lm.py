@@ -16,8 +16,8 @@ fine-tuned for the same number of steps, so that the fine-tuned models are compa
 that had as many updates. Only the LSTM is compressed: the embedding and the output layer stay
 float32, as in the papers.
 
-Corpus: this repository's documentation (README.md and docs/*.md), in every mode, so that the
-script never needs the shared data folder.
+Corpus: this repository's documentation (README.md and docs/*.md), so that the script never
+needs the shared data folder; the quick mode reads its frozen copy, ``quick_corpus.txt``.
 
     python experiments/compress_lm.py [--quick] [--out DIR]
 """
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "amounts": list(AMOUNTS),
     }
     exp = Experiment(NAME, args, settings)
-    text, source = read_corpus(prefer_real=False)
+    text, source = read_corpus(prefer_real=False, quick=q)
     if settings["corpus_chars"]:
         text = text[: settings["corpus_chars"]]
     ids, vocab = encode_chars(text)

@@ -138,8 +138,10 @@ def test_long_memory_a_length_keeps_its_seeds_in_any_selection(tmp_path: Path) -
 # ------------------------------------------------------------------------------ GRU vs LSTM
 def test_gru_has_a_quarter_fewer_parameters(tmp_path: Path) -> None:
     r = run_quick("claims_gru_vs_lstm", tmp_path)
+    gv = load("claims_gru_vs_lstm")
+    assert set(r["parameters"]) == {f"I={I},H={H}" for I, H in gv.SIZES}
     for counts in r["parameters"].values():
-        assert counts["ratio"] == 0.75
+        assert counts["ratio"] == 0.75 and counts["gru"] * 4 == counts["lstm"] * 3
     adding = r["tasks"]["adding"]
     lstm = next(v for k, v in adding.items() if k.startswith("LSTM"))
     matched = next(v for k, v in adding.items() if "parameter count" in k)
@@ -171,8 +173,11 @@ def test_variants_bidirectional_sees_the_future_and_layer_norm_converges(
     assert ln["layer norm"]["steps_to_threshold"] is not None
     none = ln["no layer norm"]["steps_to_threshold"]
     assert none is None or ln["layer norm"]["steps_to_threshold"] < none
+    # both LSTMs learn to time the spike, far above a guess of the step (right once in T/2 =
+    # 10); which of them is better is not asserted: the full run times every spike exactly
+    # with and without peepholes (docs/experiments.md), so a quick-mode difference is noise
     for variant in ("no peepholes", "peepholes"):
-        assert 0.0 <= r["peephole"][variant]["exact_timing"] <= 1.0
+        assert r["peephole"][variant]["exact_timing"] > 0.5, variant
 
 
 def test_variant_tasks_are_what_they_say() -> None:
@@ -190,10 +195,14 @@ def test_variant_tasks_are_what_they_say() -> None:
 # ------------------------------------------------------------------------------ TBPTT, buckets
 def test_tbptt_budget_and_bucketing_padding(tmp_path: Path) -> None:
     r = run_quick("claims_tbptt_bucketing", tmp_path)
+    text, _ = load("_common").read_corpus(prefer_real=False, quick=True)
+    uniform_bpc = math.log2(len(set(text[: r["characters"]])))
+    assert set(r["tbptt"]) == {"2", "8", "32"}
     for window, entry in r["tbptt"].items():
         # the same number of training characters: ceil(tokens / (window x streams)) updates
         assert entry["updates"] == math.ceil(10_000 / (int(window) * 16))
-        assert math.isfinite(entry["val_bpc"])
+        # every window length learns the next character: well below a uniform guess
+        assert entry["val_bpc"] < uniform_bpc - 1.0, window
     b = r["bucketing"]
     assert b["10"]["padding_fraction"] < b["1"]["padding_fraction"] / 2
     assert b["50"]["padding_fraction"] < b["10"]["padding_fraction"]
@@ -211,7 +220,34 @@ def test_lstm_state_is_constant_while_the_kv_cache_grows(tmp_path: Path) -> None
     assert len(set(lstm.values())) == 1
     assert kv["256"] == 16 * kv["16"]
     assert tcn["256"] == tcn["64"] == r["TCN"]["receptive_field"] * 2
-    assert min(r[n]["test_mse"] for n in ("LSTM", "TCN", "Transformer")) < r["baseline_mse"]
+    # the TCN and the Transformer match or beat the LSTM, far below the memoryless MSE (the LSTM
+    # alone, still near its plateau at 200 updates, would pass a test against the baseline)
+    for name in ("TCN", "Transformer"):
+        assert r[name]["test_mse"] < 0.05, name
+        assert r[name]["test_mse"] <= r["LSTM"]["test_mse"], name
+
+
+def test_state_floats_are_the_state_the_models_hold() -> None:
+    """``state_numel`` (the numbers above) counts what the models really keep: the Streamer's
+    h and c, the Transformer's key/value cache after prefill and after each step."""
+    tt = load("claims_lstm_tcn_transformer")
+    from lstmkit.streaming import Streamer
+
+    x = torch.rand(40, 1, 2)
+    lstm = tt.LSTMModel(24).eval()
+    streamer = Streamer(lstm.rnn, 1, backend="torch")
+    for n in range(1, 41):
+        streamer.step(x[n - 1])
+        if n in (1, 40):
+            assert sum(s.numel() for s in streamer.get_state()) == lstm.state_numel(n) == 48
+    transformer = tt.Transformer(d=16, layers=2, heads=2, max_len=64).eval()
+    with torch.no_grad():
+        caches = transformer.prefill(x[:16])
+        assert sum(t.numel() for c in caches for t in c) == transformer.state_numel(16)
+        for n in range(16, 40):
+            transformer.step(x[n], caches)
+        assert sum(t.numel() for c in caches for t in c) == transformer.state_numel(40)
+    assert transformer.state_numel(40) == 2 * 2 * 16 * 40
 
 
 def test_tcn_receptive_field_is_exact() -> None:
@@ -269,7 +305,17 @@ def test_compress_int8_is_nearly_free_and_fine_tuning_recovers_pruning(tmp_path:
         assert scores[f"pruned {pct}, no fine-tuning"]["lstm_sparsity"] == amount
         assert scores[f"pruned {pct} + fine-tuned"]["lstm_sparsity"] == amount
         assert scores[f"pruned {pct} gradually while fine-tuning"]["lstm_sparsity"] == amount
+    int8 = r["lstm_matrix_bytes"]["int8"]
+    assert scores["int8 (kernel='int8')"]["weight_bytes"]["matrices"] == int8
     one_shot = scores["pruned 80%, no fine-tuning"]["val_bpc"]
-    assert one_shot > base  # cutting 80% of the weights costs loss ...
-    assert scores["pruned 80% + fine-tuned"]["val_bpc"] < one_shot  # ... fine-tuning recovers
+    assert one_shot > base + 0.1  # cutting 80% of the weights costs loss ...
     assert scores["pruned 50%, no fine-tuning"]["val_bpc"] < one_shot
+    # ... fine-tuning with the masks recovers most of it, a gradual schedule at least as much
+    tuned = scores["pruned 80% + fine-tuned"]["val_bpc"]
+    assert tuned - base < 0.5 * (one_shot - base)
+    assert scores["pruned 80% gradually while fine-tuning"]["val_bpc"] <= tuned
+    # pruning and int8 combine: the pruned model's loss and sparsity survive quantization
+    for pct, amount in (("50%", 0.5), ("80%", 0.8)):
+        both = scores[f"pruned {pct} + fine-tuned, int8"]
+        assert abs(both["val_bpc"] - scores[f"pruned {pct} + fine-tuned"]["val_bpc"]) < 0.02
+        assert both["lstm_sparsity"] >= amount and both["weight_bytes"]["matrices"] == int8

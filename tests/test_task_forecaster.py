@@ -101,10 +101,10 @@ def test_forecasts_are_finite_and_the_right_length(
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_grud_learns_from_series_with_missing_values(strategy: str) -> None:
     frame = _frame(2, 40)
-    frame.loc[[3, 11, 12, 50], "y"] = np.nan
+    frame.loc[[3, 11, 12, 33, 50], "y"] = np.nan  # 33: in the last lookback window of s0
     data = read_long(frame, allow_missing=True)
     history, _ = split_last(data, 5)
-    assert history.has_missing()
+    assert history.has_missing() and np.isnan(history.series[0].y[-10:]).sum() == 1
     model = _tiny(strategy=strategy, cell="grud", covariates=None, static=None, num_layers=2)
     point, quantiles = model.fit(history).predict_arrays(history)
     assert point.shape == (2, 5) and quantiles.shape == (2, 5, 3) and np.isfinite(point).all()
@@ -120,6 +120,20 @@ def test_scaling_round_trip(method: str) -> None:
     loc, scale = scale_window(past, mask, method)
     z = to_scaled(past, loc, scale, method)
     torch.testing.assert_close(from_scaled(z, loc, scale, method), past)
+    # and z is in the method's scaled space, not the input passed through: over each row's
+    # observed values
+    for row in range(2):
+        seen = z[row][mask[row]]
+        if method == "none":
+            assert torch.equal(seen, past[row][mask[row]])
+        elif method == "robust":  # median 0
+            assert torch.quantile(seen, 0.5).item() == pytest.approx(0.0, abs=1e-6)
+        elif method == "mean_abs":  # mean |z| 1, no shift
+            assert seen.abs().mean().item() == pytest.approx(1.0)
+            torch.testing.assert_close(seen * scale[row], past[row][mask[row]])
+        else:  # standard, log, sqrt: mean 0, standard deviation 1 in the transformed space
+            assert seen.mean().item() == pytest.approx(0.0, abs=1e-6)
+            assert seen.std(unbiased=False).item() == pytest.approx(1.0)
 
 
 def test_standard_and_robust_scales_by_hand() -> None:
@@ -140,17 +154,21 @@ def test_standard_and_robust_scales_by_hand() -> None:
 def test_calendar_features() -> None:
     days = pd.date_range("2024-01-01", periods=8, freq="D").values  # a Monday first
     feats = calendar_features(days, "D", 1)
-    assert feats.shape == (8, 4)  # weekday and day of year, sine and cosine
-    np.testing.assert_allclose(
-        feats[0], feats[7] * [1, 0, 1, 0] + feats[0] * [0, 1, 0, 1], atol=1e-12
-    )
+    assert feats.shape == (8, 4)  # weekday and day of year: sines, then cosines
+    t = np.arange(8)
+    week, year = 2 * np.pi * (t % 7) / 7, 2 * np.pi * t / 365.25
+    expected = np.stack([np.sin(week), np.sin(year), np.cos(week), np.cos(year)], 1)
+    np.testing.assert_allclose(feats, expected, atol=1e-12)
+    np.testing.assert_allclose(feats[7, [0, 2]], feats[0, [0, 2]], atol=1e-12)  # a week later
     phase = calendar_features(np.arange(4), None, 2)
     np.testing.assert_allclose(phase[:, 1], [1.0, -1.0, 1.0, -1.0], atol=1e-12)
     assert calendar_features(np.arange(4), None, 1).shape == (4, 0)
     weeks = calendar_features(
         pd.date_range("2024-01-07", periods=3, freq="W-SUN").values, "W-SUN", 1
     )
-    assert weeks.shape == (3, 2)
+    assert weeks.shape == (3, 2)  # the day of year only: days 7, 14, 21
+    year = 2 * np.pi * np.array([6, 13, 20]) / 365.25
+    np.testing.assert_allclose(weeks, np.stack([np.sin(year), np.cos(year)], 1), atol=1e-12)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -227,20 +245,32 @@ def test_backtest_with_a_fitted_forecaster(data: SeriesSet) -> None:
     model = _tiny(covariates=["promo"]).fit(data)
     results = backtest(model, data, horizon=5, windows=2, step=3)
     assert [r["origin"] for r in results] == [8.0, 5.0]
-    assert all(np.isfinite(r["smape"]) for r in results)
+    # each origin scores the fitted model (not refitted) on the last 5 steps of the series cut
+    # origin - 5 steps before their end, covariates cut with them
+    for result, cut in zip(results, (3, 0), strict=True):
+        kept = _frame().groupby("unique_id").head(40 - cut)
+        history, test = split_last(read_long(kept, covariates=["promo"], static=["size"]), 5)
+        expected = model.evaluate(history, test)
+        assert {k: v for k, v in result.items() if k != "origin"} == pytest.approx(expected)
+    assert results[0]["mae"] != results[1]["mae"]
 
 
 def test_plot_writes_history_forecast_and_interval(data: SeriesSet, tmp_path: Path) -> None:
     history, future = split_last(data, 5)
     model = _tiny(likelihood="quantile").fit(history)
-    ax = plot_forecast(history, model.predict(history, future), "s1", actual=future)
+    frame = model.predict(history, future)
+    ax = plot_forecast(history, frame, "s1", actual=future)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["history", "forecast", "actual", "q0.1-q0.9"] or set(labels) == {
-        "history",
-        "forecast",
-        "actual",
-        "q0.1-q0.9",
-    }
+    assert sorted(labels) == ["actual", "forecast", "history", "q0.1-q0.9"]
+    part = frame[frame["unique_id"] == "s1"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["forecast"].get_ydata(), part["y_hat"])
+    np.testing.assert_allclose(lines["history"].get_ydata(), history.series[1].y)
+    np.testing.assert_allclose(lines["actual"].get_ydata(), future.series[1].y)
+    (band,) = ax.collections
+    edges = band.get_paths()[0].vertices[:, 1]
+    assert edges.min() == pytest.approx(part["q0.1"].min())
+    assert edges.max() == pytest.approx(part["q0.9"].max())
     ax.figure.savefig(tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
 
