@@ -40,6 +40,7 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -163,6 +164,67 @@ def arima_forecast(history: SeriesSet, quick: bool, sqrt: bool = False) -> tuple
     return (np.clip(out, 0.0, None) ** 2 if sqrt else out), order
 
 
+def setup(
+    quick: bool, members: int, val_members: int, epochs: int, hidden_size: int
+) -> tuple[SeriesSet, SeriesSet, SeriesSet, dict[str, int]]:
+    """``(data, train, test, budget)``: the series, its split, and the training budget (quick
+    runs: 1 seed everywhere, 10 epochs)."""
+    data = load()
+    train, test = split_last(data, HOLDOUT)
+    if quick:
+        members, val_members, epochs = 1, 1, 10
+    budget = {
+        "members": members,
+        "val_members": val_members,
+        "epochs": epochs,
+        "hidden_size": hidden_size,
+    }
+    return data, train, test, budget
+
+
+def select(
+    grid: list[dict[str, Any]], scores_of: Callable[[dict[str, Any]], list[float]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(table, chosen)``: each setting of ``grid`` with its validation RMSEs (``scores_of``)
+    and their mean, and the setting with the lowest mean."""
+    table = []
+    for setting in grid:
+        scores = scores_of(setting)
+        mean = round(float(np.mean(scores)), 2)
+        table.append({**setting, "val_rmse": [round(v, 2) for v in scores], "val_rmse_mean": mean})
+    best = min(table, key=lambda row: row["val_rmse_mean"])
+    return table, {k: best[k] for k in ("strategy", "lookback", "scaling", "calendar")}
+
+
+def selection_record(
+    table: list[dict[str, Any]], chosen: dict[str, Any], windows: list[str], test: SeriesSet
+) -> dict[str, object]:
+    """The JSON's account of the selection: the grid, the winner and the windows used."""
+    return {
+        "chosen": chosen,
+        "chosen_val_rmse_mean": min(row["val_rmse_mean"] for row in table),
+        "validation_windows": windows,
+        "test_window": years(test),
+        "grid": table,
+    }
+
+
+def target_scores(
+    y_test: np.ndarray, ours: np.ndarray, arima: np.ndarray, order: Any, quick: bool
+) -> dict[str, object]:
+    """The target's comparison on the test years (quick runs use a smaller ARIMA grid,
+    p <= 2, q <= 1: no evidence for the target, so ``target_met`` is None)."""
+    lstm_rmse, arima_rmse = fm.rmse(y_test, ours), fm.rmse(y_test, arima)
+    return {
+        "lstm_rmse": lstm_rmse,
+        "arima_rmse": arima_rmse,
+        "arima_order": order,
+        "target_met": None if quick else bool(lstm_rmse < arima_rmse),
+        "lstm_mae": fm.mae(y_test, ours),
+        "arima_mae": fm.mae(y_test, arima),
+    }
+
+
 def arima_one_step(y: np.ndarray, start: int, n: int, quick: bool) -> tuple[np.ndarray, Any]:
     """One-step predictions of ``y[start : start + n]`` by the ARIMA whose order and
     parameters are chosen and fitted on ``y[:start]``: the Kalman filter runs on through the
@@ -181,28 +243,22 @@ def run_one_step(
 ) -> dict[str, object]:
     """The one-step-ahead protocol (module docstring)."""
     start, cpu = time.time(), time.process_time()
-    data = load()
-    y = data.series[0].y
+    data, train, test, budget = setup(quick, members, val_members, epochs, hidden_size)
+    members, val_members, epochs = budget["members"], budget["val_members"], budget["epochs"]
+    y, y_test = data.series[0].y, test.series[0].y
     n_train = len(y) - HOLDOUT
-    train, test = split_last(data, HOLDOUT)
-    y_test = test.series[0].y
-    if quick:
-        members, val_members, epochs = 1, 1, 10
     grid = ONE_STEP_QUICK_GRID if quick else ONE_STEP_GRID
     origins = [n_train - k * HOLDOUT for k in range(1 if quick else VAL_ORIGINS, 0, -1)]
 
-    table = []
-    for setting in grid:
+    def one_step_scores(setting: dict[str, Any]) -> list[float]:
         scores = []
         for origin in origins:
             history, cuts = prefixes(data, origin, 1), prefixes(data, origin, HOLDOUT)
             forecast = ensemble(history, setting, val_members, seed, epochs, hidden_size, cuts)
             scores.append(fm.rmse(y[origin : origin + HOLDOUT], forecast))
-        mean = round(float(np.mean(scores)), 2)
-        table.append({**setting, "val_rmse": [round(v, 2) for v in scores], "val_rmse_mean": mean})
-    best = min(table, key=lambda row: row["val_rmse_mean"])
-    chosen = {k: best[k] for k in ("strategy", "lookback", "scaling", "calendar")}
+        return scores
 
+    table, chosen = select(grid, one_step_scores)
     ours = ensemble(
         train, chosen, members, seed, epochs, hidden_size, prefixes(data, n_train, HOLDOUT)
     )
@@ -210,12 +266,7 @@ def run_one_step(
     arima_val = [arima_one_step(y, origin, HOLDOUT, quick) for origin in origins]
     result: dict[str, object] = {
         "protocol": "one-step",
-        "lstm_rmse": fm.rmse(y_test, ours),
-        "arima_rmse": fm.rmse(y_test, arima),
-        "arima_order": order,
-        "target_met": None if quick else bool(fm.rmse(y_test, ours) < fm.rmse(y_test, arima)),
-        "lstm_mae": fm.mae(y_test, ours),
-        "arima_mae": fm.mae(y_test, arima),
+        **target_scores(y_test, ours, arima, order, quick),
         # the one-step references: last year's value, and the value one 11-year cycle back
         "naive_rmse": fm.rmse(y_test, y[n_train - 1 : -1]),
         "seasonal_naive_rmse": fm.rmse(y_test, y[n_train - 11 : -11]),
@@ -224,15 +275,8 @@ def run_one_step(
             for o, (f, _) in zip(origins, arima_val, strict=True)
         ],
         "arima_val_orders": [o for _, o in arima_val],
-        "chosen": chosen,
-        "chosen_val_rmse_mean": best["val_rmse_mean"],
-        "validation_windows": [span(data, o, o + HOLDOUT) for o in origins],
-        "test_window": years(test),
-        "members": members,
-        "val_members": val_members,
-        "epochs": epochs,
-        "hidden_size": hidden_size,
-        "grid": table,
+        **selection_record(table, chosen, [span(data, o, o + HOLDOUT) for o in origins], test),
+        **budget,
         "quick": quick,
         "wall_s": round(time.time() - start, 1),
         "cpu_s": round(time.process_time() - cpu, 1),
@@ -249,47 +293,31 @@ def run(
     hidden_size: int = 32,
 ) -> dict[str, object]:
     start, cpu = time.time(), time.process_time()
-    data = load()
-    train, test = split_last(data, HOLDOUT)
+    _, train, test, budget = setup(quick, members, val_members, epochs, hidden_size)
+    members, val_members, epochs = budget["members"], budget["val_members"], budget["epochs"]
     y_test = test.series[0].y
-    if quick:
-        members, val_members, epochs = 1, 1, 10
     grid = QUICK_GRID if quick else GRID
     origins = validation_origins(train, 1 if quick else VAL_ORIGINS)
 
     # 1. selection on the validation years
-    table = []
-    for setting in grid:
-        scores = []
-        for history, actual in origins:
-            forecast = ensemble(history, setting, val_members, seed, epochs, hidden_size)
-            scores.append(fm.rmse(actual.series[0].y, forecast))
-        mean = round(float(np.mean(scores)), 2)
-        table.append({**setting, "val_rmse": [round(v, 2) for v in scores], "val_rmse_mean": mean})
-    best = min(table, key=lambda row: row["val_rmse_mean"])
-    chosen = {k: best[k] for k in ("strategy", "lookback", "scaling", "calendar")}
+    def scores(setting: dict[str, Any]) -> list[float]:
+        return [
+            fm.rmse(actual.series[0].y, ensemble(history, setting, val_members, seed, epochs,
+                                                 hidden_size))
+            for history, actual in origins
+        ]  # fmt: skip
+
+    table, chosen = select(grid, scores)
 
     # 2. refit on every training year, forecast the test years once
     ours = ensemble(train, chosen, members, seed, epochs, hidden_size)
     arima, order = arima_forecast(train, quick)
     result: dict[str, object] = {
-        "lstm_rmse": fm.rmse(y_test, ours),
-        "arima_rmse": fm.rmse(y_test, arima),
-        "arima_order": order,
-        # quick runs use a smaller ARIMA grid (p <= 2, q <= 1): no evidence for the target
-        "target_met": None if quick else bool(fm.rmse(y_test, ours) < fm.rmse(y_test, arima)),
-        "lstm_mae": fm.mae(y_test, ours),
-        "arima_mae": fm.mae(y_test, arima),
+        "protocol": "30 years at once",
+        **target_scores(y_test, ours, arima, order, quick),
         "seasonal_naive_rmse": fm.rmse(y_test, fm.seasonal_naive(train.series[0].y, HOLDOUT, 11)),
-        "chosen": chosen,
-        "chosen_val_rmse_mean": best["val_rmse_mean"],
-        "validation_windows": [years(actual) for _, actual in origins],
-        "test_window": years(test),
-        "members": members,
-        "val_members": val_members,
-        "epochs": epochs,
-        "hidden_size": hidden_size,
-        "grid": table,
+        **selection_record(table, chosen, [years(actual) for _, actual in origins], test),
+        **budget,
     }
     if not quick:  # information only: ARIMA at the validation origins, ARIMA on square roots
         arima_val = [arima_forecast(h, quick) for h, _ in origins]

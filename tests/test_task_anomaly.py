@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -451,18 +452,10 @@ def test_nab_quick_experiment_runs() -> None:
     assert report["lstm"]["standard"] > report["windowed_gaussian"]["standard"]
 
 
-def _nab_script() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "nab_online", ROOT / "experiments" / "nab_online.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_nab_tuning_replays_the_detector_exactly(tmp_path: Path) -> None:
-    script = _nab_script()
+def test_nab_tuning_replays_the_detector_exactly(
+    tmp_path: Path, experiment_script: Callable[[str], ModuleType]
+) -> None:
+    script = experiment_script("nab_online")
     labels = script.synthetic_corpus(tmp_path)
     config = OnlineConfig(long=600, season_long=300)
     files = script.forecaster_cache(tmp_path, labels, config, tmp_path / "cache.npz", print)

@@ -8,7 +8,10 @@ import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -412,20 +415,21 @@ def test_cli_m4_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 # ---------------------------------------------------------------------- experiments
-def _sunspots_module():  # type: ignore[no-untyped-def]
-    import importlib.util
+def _run_sunspots(*args: str) -> dict[str, Any]:
+    """The experiment's printed JSON, run as its README command runs it."""
+    script = ROOT / "experiments" / "forecast_sunspots.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+        check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
-    spec = importlib.util.spec_from_file_location(
-        "forecast_sunspots", ROOT / "experiments" / "forecast_sunspots.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def test_sunspots_one_step_prefixes_and_arima_alignment() -> None:
-    sun = _sunspots_module()
+def test_sunspots_one_step_prefixes_and_arima_alignment(
+    experiment_script: Callable[[str], ModuleType],
+) -> None:
+    sun = experiment_script("forecast_sunspots")
     data = sun.load()
     y = data.series[0].y
     cuts = sun.prefixes(data, 250, 3)
@@ -460,12 +464,7 @@ def test_sunspots_one_step_prefixes_and_arima_alignment() -> None:
 
 
 def test_sunspots_one_step_experiment_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "forecast_sunspots.py"), "--quick",
-         "--one-step"],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    out = json.loads(result.stdout)
+    out = _run_sunspots("--quick", "--one-step")
     assert out["protocol"] == "one-step" and out["quick"] is True and out["target_met"] is None
     for key in ("lstm_rmse", "arima_rmse", "naive_rmse", "seasonal_naive_rmse"):
         assert np.isfinite(out[key]) and out[key] > 0
@@ -474,11 +473,7 @@ def test_sunspots_one_step_experiment_quick() -> None:
 
 
 def test_sunspots_experiment_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "forecast_sunspots.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    out = json.loads(result.stdout)
+    out = _run_sunspots("--quick")
     assert out["quick"] is True and out["members"] == 1
     p, d, q = out["arima_order"]
     assert 0 <= p <= 2 and 0 <= d <= 1 and 0 <= q <= 1  # the quick grid
