@@ -649,6 +649,26 @@ def test_auto_hands_small_batch_training_of_wide_lstms_to_torch(monkeypatch):
     assert calls == ["lstm"]
 
 
+def test_auto_keeps_long_training_batches_fused(monkeypatch):
+    """Training on steps x batch x hidden >= LONG_TRAINING (up to 256 units) stays fused, where
+    torch would fault its buffers in afresh on every call; one step shorter, and in inference,
+    the same shape goes to torch."""
+    calls = _spy_torch(monkeypatch, "lstm")
+    m = lstmkit.LSTM(4, 128)
+    T = lstmkit.nn.layers.LONG_TRAINING // (16 * 128)
+    x = torch.randn(T, 16, 4)
+    m(x)[0].sum().backward()
+    assert calls == []
+    with torch.no_grad():
+        m(x)
+    assert calls == ["lstm"]
+    m(x[:-1])[0].sum().backward()
+    assert calls == ["lstm", "lstm"]
+    wide = lstmkit.LSTM(4, 512)  # the products dominate: torch's kernel stays the faster one
+    wide(torch.randn(T // 4, 16, 4))[0].sum().backward()
+    assert calls == ["lstm", "lstm", "lstm"]
+
+
 def test_auto_never_hands_gru_or_rnn_to_torch_on_the_cpu(monkeypatch):
     gru_calls, rnn_calls = _spy_torch(monkeypatch, "gru"), _spy_torch(monkeypatch, "rnn_tanh")
     for cls in (lstmkit.GRU, lstmkit.RNN):

@@ -25,19 +25,33 @@ from ..recurrent import Rates, run_direction, valid_mask
 MERGES = ("concat", "sum", "mean")
 
 
-def _torch_is_faster(family: str, batch: int, hidden: int, proj_size: int, grad: bool) -> bool:
+#: ``steps * batch * hidden`` from which training a layer of at most 256 units stays on the fused
+#: kernels: torch's gate buffers (4 x that many floats) reach 32 MB, glibc's largest mmap
+#: threshold, so torch maps them fresh and faults them in on every call
+LONG_TRAINING = 2**21
+
+
+def _torch_is_faster(
+    family: str, steps: int, batch: int, hidden: int, proj_size: int, grad: bool
+) -> bool:
     """Whether torch's own CPU kernel (oneDNN for the LSTM) runs a plain float32 configuration
     faster than the fused kernels, on the machine this was measured on.
 
-    Measured by ``python -m benchmarks.dispatch`` (2 threads, AMD EPYC with AVX-512, T=50;
-    the grid is in docs/benchmarks.md): torch's GRU and RNN, and its LSTM with a projection,
-    are always slower than the fused kernels. Its LSTM is 5-15% faster than them from 128
+    Measured by ``python -m benchmarks.dispatch`` (AMD EPYC with AVX-512; the grids are in
+    docs/benchmarks.md): torch's GRU and RNN, and its LSTM with a projection, are always slower
+    than the fused kernels. At T=50 (2 threads) its LSTM is 5-15% faster than them from 128
     units with batches of 16 or more, and in training from 256 units at any batch size; the
     fused kernels win with 64 units, and with small batches in inference or at 128 units
-    (their per-step overhead is lower). Rerun the script after changing the kernels or on
-    another machine, and update the rule here.
+    (their per-step overhead is lower). In training on long batches (``steps * batch * hidden
+    >= LONG_TRAINING``) torch's buffers are mapped and faulted in afresh on every call, half of
+    its time at T=1000, B=64, H=128 (581 million page faults in 4000 updates): there the fused
+    kernels, whose buffers are cached, take 0.66-0.91 of torch's time up to 256 units (T=1000,
+    one thread); at 512 units the products dominate and torch stays. Rerun the script after
+    changing the kernels or on another machine, and update the rule here.
     """
     if family != "lstm" or proj_size or hidden < 128:
+        return False
+    if grad and hidden <= 256 and steps * batch * hidden >= LONG_TRAINING:
         return False
     return batch >= 16 or (grad and hidden >= 256)
 
@@ -483,7 +497,7 @@ class _RecurrentBase(nn.Module):
             x.requires_grad or any(p.requires_grad for p in self.parameters())
         )
         return x.dtype == torch.float32 and _torch_is_faster(
-            family, x.shape[1], self.hidden_size, self.proj_size, grad
+            family, x.shape[0], x.shape[1], self.hidden_size, self.proj_size, grad
         )
 
     def _run_torch(self, x: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
