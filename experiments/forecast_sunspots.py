@@ -98,12 +98,6 @@ def validation_origins(train: SeriesSet, n: int) -> list[tuple[SeriesSet, Series
     return pairs[::-1]
 
 
-def span(data: SeriesSet, first: int, stop: int) -> str:
-    """The years of indices ``first .. stop - 1`` of the first series, as ``"1919-1948"``."""
-    ds = data.series[0].ds
-    return f"{int(ds[first])}-{int(ds[stop - 1])}"
-
-
 def years(s: SeriesSet) -> str:
     ds = s.series[0].ds
     return f"{int(ds[0])}-{int(ds[-1])}"
@@ -248,7 +242,9 @@ def run_one_step(
     y, y_test = data.series[0].y, test.series[0].y
     n_train = len(y) - HOLDOUT
     grid = ONE_STEP_QUICK_GRID if quick else ONE_STEP_GRID
-    origins = [n_train - k * HOLDOUT for k in range(1 if quick else VAL_ORIGINS, 0, -1)]
+    # the 30-year protocol's validation windows, as the index where each starts
+    windows = validation_origins(train, 1 if quick else VAL_ORIGINS)
+    origins = [len(history.series[0]) for history, _ in windows]
 
     def one_step_scores(setting: dict[str, Any]) -> list[float]:
         scores = []
@@ -275,7 +271,7 @@ def run_one_step(
             for o, (f, _) in zip(origins, arima_val, strict=True)
         ],
         "arima_val_orders": [o for _, o in arima_val],
-        **selection_record(table, chosen, [span(data, o, o + HOLDOUT) for o in origins], test),
+        **selection_record(table, chosen, [years(actual) for _, actual in windows], test),
         **budget,
         "quick": quick,
         "wall_s": round(time.time() - start, 1),
