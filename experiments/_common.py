@@ -152,6 +152,94 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def add_combine_option(parser: argparse.ArgumentParser) -> None:
+    """``--combine DIR ...``: train nothing; merge the results of pieces made with ``--models``
+    (each DIR holds one piece's ``<name>.json``) into one summary and one set of figures."""
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="train nothing: merge the JSON results of runs made with --models (one folder "
+        "each) into one summary and figure written to --out",
+    )
+
+
+def combine_pieces(name: str, folders: Sequence[Path], model_keys: Iterable[str]) -> dict[str, Any]:
+    """Merge the summaries ``<folder>/<name>.json`` of runs of one experiment made a piece at a
+    time with ``--models``.
+
+    The pieces must agree on everything but the models: the mode, the seed and every setting.
+    Results shared by all pieces (the corpus, say) must be equal; a model found in two pieces
+    must have the same results in both. Returns ``{"mode", "seed", "settings", "results",
+    "pieces"}`` with the models in the experiment's order and, under ``pieces``, where each
+    model came from, its machine, threads and wall time.
+    """
+    if not folders:
+        raise ValueError("--combine needs at least one folder, got none")
+    models = list(model_keys)
+    summaries = []
+    for folder in folders:
+        path = Path(folder) / f"{name}.json"
+        try:
+            summary = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"--combine: {path} does not exist (no {name} run there)"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--combine: {path} is not valid JSON ({err})") from None
+        if summary.get("experiment") != name:
+            raise ValueError(
+                f"--combine: {path} holds experiment {summary.get('experiment')!r}, "
+                f"expected {name!r}"
+            )
+        summaries.append((path, summary))
+    first_path, first = summaries[0]
+
+    def protocol(summary: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in summary["settings"].items() if k != "models"}
+        return {"mode": summary["mode"], "seed": summary["seed"], "settings": settings}
+
+    results: dict[str, Any] = {}
+    pieces = []
+    for path, summary in summaries:
+        if protocol(summary) != protocol(first):
+            raise ValueError(
+                f"--combine: {path} was run with {protocol(summary)}, but {first_path} with "
+                f"{protocol(first)}; only runs that differ in --models can be combined"
+            )
+        for key, value in summary["results"].items():
+            if key in results and results[key] != value:
+                what = "model" if key in models else "result"
+                raise ValueError(
+                    f"--combine: {what} {key!r} differs between pieces ({path} has {value!r}, "
+                    f"an earlier piece {results[key]!r})"
+                )
+            results[key] = value
+        pieces.append(
+            {
+                "folder": str(Path(path).parent),
+                "models": summary["settings"]["models"],
+                "machine": summary["machine"],
+                "threads": summary["threads"],
+                "wall_s": summary["wall_s"],
+            }
+        )
+    found = {m for _, s in summaries for m in s["settings"]["models"]}
+    settings = dict(first["settings"], models=[m for m in models if m in found])
+    ordered = {k: v for k, v in results.items() if k not in models}
+    ordered.update({m: results[m] for m in settings["models"]})
+    return {
+        "mode": first["mode"],
+        "seed": first["seed"],
+        "settings": settings,
+        "results": ordered,
+        "pieces": pieces,
+    }
+
+
 # ------------------------------------------------------------------------------ training
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

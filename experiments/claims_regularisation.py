@@ -20,8 +20,10 @@ repository's documentation.
         [--models none dropout variational weight-drop zoneout]
 
 Every model starts from the same seed and sees the same training windows, so ``--models``
-trains a subset exactly as the full run trains it: the full run (five 2 x 512 LSTMs, about half
-an hour each on two threads) can be made a piece at a time.
+trains a subset exactly as the full run trains it: the full run (five 2 x 512 LSTMs, about an
+hour each on one thread) can be made a piece at a time, and ``--combine DIR ...`` merges the
+pieces' results into one summary and figure (checking that they were run with the same
+settings and seed).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch.nn.functional as F
 from _common import (
     CharLM,
     Experiment,
+    add_combine_option,
     add_models_option,
+    combine_pieces,
     encode_chars,
     lm_loss,
     make_parser,
@@ -84,7 +88,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(NAME, __doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=None, help="every regulariser's rate")
     add_models_option(parser, MODEL_KEYS, "each is trained exactly as in the full run")
+    add_combine_option(parser)
     args = parser.parse_args(argv)
+    if args.combine is not None:
+        return combine(args)
     q = args.quick
     settings: dict[str, Any] = {
         "corpus_chars": 4_000 if q else None,
@@ -105,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     split = int(0.9 * ids.numel())
     train_ids, val_ids = ids[:split], ids[split:]
     results: dict[str, Any] = {"corpus": source, "characters": ids.numel()}
-    curves = {}
     H, L = settings["hidden"], settings["layers"]
     for name, config in configurations(settings["rate"]).items():
         if name not in settings["models"]:
@@ -127,16 +133,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "val_bpc": val_bpc,
             "gap_bpc": val_bpc - train_bpc,
             "train_s": round(seconds, 1),
+            # the training loss in train mode (bits/char) every record_every updates
+            "curve_bpc": [[s, v / math.log(2)] for s, v in curve],
         }
-        curves[name] = curve
+    draw(exp, results)
+    return exp.finish(results)
+
+
+def combine(args: Any) -> dict[str, Any]:
+    """``--combine``: one summary and figure from pieces run with ``--models``."""
+    merged = combine_pieces(NAME, args.combine, MODEL_KEYS.values())
+    exp = Experiment(NAME, args, merged["settings"])
+    exp.quick, exp.seed = merged["mode"] == "quick", merged["seed"]
+    results = dict(merged["results"], pieces=merged["pieces"])
+    draw(exp, results)
+    return exp.finish(results)
+
+
+def draw(exp: Experiment, results: dict[str, Any]) -> None:
+    """Training curves (of the models whose results carry one) and train/held-out bars."""
+    names = [n for n in MODEL_KEYS.values() if n in results]
     fig = new_figure(10.0, 3.6)
     left, right = fig.subplots(1, 2)
-    for name, curve in curves.items():
-        left.plot([s for s, _ in curve], [v / math.log(2) for _, v in curve], label=name)
+    drawn = [n for n in names if results[n].get("curve_bpc")]
+    for name in drawn:
+        curve = results[name]["curve_bpc"]
+        left.plot([s for s, _ in curve], [v for _, v in curve], label=name)
     left.set_xlabel("Adam step")
     left.set_ylabel("training loss (bits/char, train mode)")
-    left.legend(fontsize=8)
-    names = list(curves)
+    if drawn:
+        left.legend(fontsize=8)
+    missing = [n for n in names if n not in drawn]
+    if missing:  # pieces from before the results carried their curves
+        left.set_title("no curve recorded: " + ", ".join(missing), fontsize=8)
     xs = range(len(names))
     right.bar([x - 0.2 for x in xs], [results[n]["train_bpc"] for n in names], 0.4, label="train")
     right.bar([x + 0.2 for x in xs], [results[n]["val_bpc"] for n in names], 0.4, label="held out")
@@ -144,7 +173,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     right.set_ylabel("bits per character (eval mode)")
     right.legend()
     exp.save_figure(fig, "regularisation.png")
-    return exp.finish(results)
 
 
 if __name__ == "__main__":

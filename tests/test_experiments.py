@@ -281,6 +281,69 @@ def test_regularisers_narrow_the_generalisation_gap(tmp_path: Path) -> None:
     assert set(some) == {"corpus", "characters", "none", "zoneout"}
     for name in ("none", "zoneout"):
         assert some[name]["val_bpc"] == r[name]["val_bpc"], name
+        assert some[name]["curve_bpc"] == r[name]["curve_bpc"], name
+    assert [s for s, _ in r["none"]["curve_bpc"]] == list(range(4, 121, 4))  # every 120 // 25
+    # --combine merges pieces into the full run's table, in the experiment's order
+    run_quick("claims_regularisation", tmp_path / "dropout", "--models", "dropout")
+    script = load("claims_regularisation")
+    out = tmp_path / "combined"
+    merged = script.main(
+        ["--combine", str(tmp_path / "some"), str(tmp_path / "dropout"), "--out", str(out)]
+    )
+    assert merged["mode"] == "quick" and merged["settings"]["models"] == [
+        "none",
+        "dropout",
+        "zoneout",
+    ]
+    assert list(merged["results"]) == [
+        "corpus",
+        "characters",
+        "none",
+        "dropout",
+        "zoneout",
+        "pieces",
+    ]
+    for name in ("none", "dropout", "zoneout"):
+        assert merged["results"][name] == r[name] | {"train_s": merged["results"][name]["train_s"]}
+    assert [p["models"] for p in merged["results"]["pieces"]] == [["none", "zoneout"], ["dropout"]]
+    assert (out / "regularisation.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "claims_regularisation.json").read_text())["results"][
+        "dropout"
+    ] == json.loads(json.dumps(merged["results"]["dropout"]))
+
+
+def test_combine_refuses_pieces_that_do_not_belong_together(tmp_path: Path) -> None:
+    script = load("claims_regularisation")
+    run_quick("claims_regularisation", tmp_path / "a", "--models", "none")
+    run_quick("claims_regularisation", tmp_path / "b", "--models", "none", "--rate", "0.2")
+    with pytest.raises(ValueError, match=r"only runs that differ in --models can be combined"):
+        script.main(
+            ["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]
+        )
+    with pytest.raises(
+        FileNotFoundError, match=r"--combine: .*nowhere.*claims_regularisation.json does not exist"
+    ):
+        script.main(["--combine", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
+    # the same model with different numbers in two pieces
+    summary = json.loads((tmp_path / "a" / "claims_regularisation.json").read_text())
+    summary["results"]["none"]["val_bpc"] += 0.5
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "claims_regularisation.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"model 'none' differs between pieces"):
+        script.main(
+            ["--combine", str(tmp_path / "a"), str(tmp_path / "d"), "--out", str(tmp_path / "c")]
+        )
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "claims_regularisation.json").write_text(
+        json.dumps(summary | {"experiment": "other"})
+    )
+    with pytest.raises(
+        ValueError, match=r"holds experiment 'other', expected 'claims_regularisation'"
+    ):
+        script.main(["--combine", str(tmp_path / "e"), "--out", str(tmp_path / "c")])
+    assert not (
+        tmp_path / "c" / "claims_regularisation.json"
+    ).exists()  # nothing written on refusal
 
 
 def test_common_rejects_bad_arguments(tmp_path: Path) -> None:
