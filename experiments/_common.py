@@ -202,13 +202,14 @@ def combine_pieces(name: str, folders: Sequence[Path], model_keys: Iterable[str]
         settings = {k: v for k, v in summary["settings"].items() if k != "models"}
         return {"mode": summary["mode"], "seed": summary["seed"], "settings": settings}
 
+    expected = protocol(first)
     results: dict[str, Any] = {}
     pieces = []
     for path, summary in summaries:
-        if protocol(summary) != protocol(first):
+        if protocol(summary) != expected:
             raise ValueError(
                 f"--combine: {path} was run with {protocol(summary)}, but {first_path} with "
-                f"{protocol(first)}; only runs that differ in --models can be combined"
+                f"{expected}; only runs that differ in --models can be combined"
             )
         for key, value in summary["results"].items():
             if key in results and results[key] != value:
@@ -220,7 +221,7 @@ def combine_pieces(name: str, folders: Sequence[Path], model_keys: Iterable[str]
             results[key] = value
         pieces.append(
             {
-                "folder": str(Path(path).parent),
+                "folder": str(path.parent),
                 "models": summary["settings"]["models"],
                 "machine": summary["machine"],
                 "threads": summary["threads"],

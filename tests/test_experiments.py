@@ -341,9 +341,8 @@ def test_combine_refuses_pieces_that_do_not_belong_together(tmp_path: Path) -> N
         ValueError, match=r"holds experiment 'other', expected 'claims_regularisation'"
     ):
         script.main(["--combine", str(tmp_path / "e"), "--out", str(tmp_path / "c")])
-    assert not (
-        tmp_path / "c" / "claims_regularisation.json"
-    ).exists()  # nothing written on refusal
+    # nothing written on refusal
+    assert not (tmp_path / "c" / "claims_regularisation.json").exists()
 
 
 def test_common_rejects_bad_arguments(tmp_path: Path) -> None:
